@@ -1,0 +1,22 @@
+# Two commands do everything: `make demo` and `make test`.
+PYTHON ?= python
+PIP = $(PYTHON) -m pip install -q --disable-pip-version-check
+
+.PHONY: install install-extra install-dev test test-fast demo clean-demo
+
+# Never replace a torch that is already there (Colab's CUDA build); install the CPU 2.13.0 only where none is.
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
+	$(PIP) -r requirements.txt
+
+install-extra: install
+	$(PIP) -r requirements-extra.txt
+
+install-dev: install
+	$(PIP) -r requirements-dev.txt
+
+test: install-dev
+	$(PYTHON) -m pytest -q
+
+test-fast: install-dev
+	$(PYTHON) -m pytest -q -m "not slow"

@@ -1,0 +1,138 @@
+"""Small helpers shared by the scripts: one-line errors, atomic writes, devices, checkpoints.
+
+Kept deliberately tiny: anything used by only one script lives in that script.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+
+class UserError(ValueError):
+    """A bad input the user can fix. Its message is the single line we print:
+    it names the file or flag, the value, and the fix."""
+
+
+def cli_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a script's main(argv) and turn failures into one clear line and a non-zero exit.
+
+    A traceback is shown only with --debug (or GPT_DEBUG=1)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("GPT_DEBUG") == "1"
+    try:
+        code = main(args)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - last line of defence for the CLI
+        if debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed over `path`,
+    on any failure it is removed, so `path` is either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Read a JSON file or raise UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path} (check the path)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e}); regenerate it") from None
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """DESIGN.md: `D/latest` names the newest complete checkpoint folder; else `D` itself
+    when it holds config.json. Raises UserError otherwise."""
+    d = Path(path)
+    if not d.exists():
+        raise UserError(f"checkpoint directory not found: {d} (pass the --checkpoint_dir the trainer wrote)")
+    pointer = d / "latest"
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8").strip()
+        target = d / name
+        if name and (target / "config.json").is_file():
+            return target
+        raise UserError(f"{pointer} points to '{name}', which has no config.json; "
+                        f"delete {pointer} or point it at a complete step_* folder")
+    if (d / "config.json").is_file():
+        return d
+    raise UserError(f"no checkpoint in {d}: expected {d}/latest or {d}/config.json")
+
+
+# ---------------------------------------------------------------------------- devices
+
+def pick_device(requested: str | None = None) -> "torch.device":  # noqa: F821
+    """'cuda' > 'mps' > 'cpu' when `requested` is None or 'auto'; otherwise validate it."""
+    import torch
+
+    if requested in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: no CUDA GPU is visible to torch "
+                        f"(torch {torch.__version__}); use --device cpu or install a CUDA build")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device {requested}: MPS is not available here; use --device cpu")
+    return dev

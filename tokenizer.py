@@ -1,0 +1,178 @@
+"""Character-level tokenizer (the seed's phases 1-2) and `load_tokenizer`, which opens either kind.
+
+Ids: the special tokens first (`<|endoftext|>` = 0, then `<|user|>` = 1, `<|assistant|>` = 2,
+`<|system|>` = 3 when chat is used), then one id per character seen in the training text, in
+sorted order.
+
+Unseen characters: a character that never appeared in the training text is encoded as U+FFFD
+(the Unicode replacement character, always in the vocabulary), like `errors="replace"` when
+decoding bytes. Everything that was in the training text round-trips exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from common import UserError, atomic_write_json
+
+EOT_TOKEN = "<|endoftext|>"
+CHAT_ROLES = ("user", "assistant", "system")
+CHAT_SPECIAL_TOKENS = [f"<|{role}|>" for role in CHAT_ROLES]  # ids 1, 2, 3
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def special_tokens_for(chat: bool, extra: Iterable[str] = ()) -> list[str]:
+    """The special-token list in id order: EOT = 0, the chat roles 1-3 when `chat`, then `extra`."""
+    tokens = [EOT_TOKEN] + (CHAT_SPECIAL_TOKENS if chat else [])
+    return tokens + [t for t in extra if t not in tokens]
+
+
+def _special_pattern(specials: Iterable[str]) -> re.Pattern | None:
+    specials = sorted(specials, key=len, reverse=True)  # longest first: no prefix shadowing
+    return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+
+class CharTokenizer:
+    """One id per character. `encode` maps special-token strings to their ids; `decode` keeps them."""
+
+    def __init__(self, chars: Iterable[str] = (), special_tokens: Iterable[str] | None = None) -> None:
+        specials = list(special_tokens) if special_tokens is not None else [EOT_TOKEN]
+        if not specials or specials[0] != EOT_TOKEN:
+            raise UserError(f"char tokenizer: special tokens must start with {EOT_TOKEN} (id 0), got {specials[:3]}")
+        chars = sorted(set(chars) | {REPLACEMENT_CHAR})
+        self.special_tokens = specials
+        self.id_to_token: list[str] = specials + chars
+        self.token_to_index = {t: i for i, t in enumerate(self.id_to_token)}
+        self._special_re = _special_pattern(specials)
+
+    # -------------------------------------------------------------- building
+
+    @classmethod
+    def from_text(cls, text: str, special_tokens: Iterable[str] | None = None) -> "CharTokenizer":
+        return cls.train([text], special_tokens)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], special_tokens: Iterable[str] | None = None) -> "CharTokenizer":
+        """Build from an iterator of strings (streamed: only the character counts are kept).
+        Special-token strings in the text are not split into characters."""
+        specials = list(special_tokens) if special_tokens is not None else [EOT_TOKEN]
+        pattern = _special_pattern(specials)
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(pattern.sub("", text) if pattern else text)
+        return cls(counts.keys(), specials)
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | os.PathLike], special_tokens: Iterable[str] | None = None,
+                   chunk_chars: int = 1 << 20) -> "CharTokenizer":
+        def chunks() -> Iterator[str]:
+            for path in paths:
+                with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                    carry = ""
+                    while block := f.read(chunk_chars):
+                        # keep a tail so a special token split across two reads is still seen whole
+                        block, carry = carry + block, ""
+                        cut = block.rfind("<|")
+                        if cut != -1 and "|>" not in block[cut:]:
+                            block, carry = block[:cut], block[cut:]
+                        yield block
+                    if carry:
+                        yield carry
+        return cls.train(chunks(), special_tokens)
+
+    # -------------------------------------------------------------- interface
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.id_to_token)
+
+    @property
+    def eot_token_id(self) -> int:
+        return 0
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.token_to_index.get(token)
+
+    def _encode_plain(self, text: str) -> list[int]:
+        table, unk = self.token_to_index, self.token_to_index[REPLACEMENT_CHAR]
+        return [table.get(ch, unk) for ch in text]
+
+    def encode(self, text: str) -> list[int]:
+        if self._special_re is None:
+            return self._encode_plain(text)
+        ids: list[int] = []
+        last = 0
+        for m in self._special_re.finditer(text):
+            ids += self._encode_plain(text[last:m.start()])
+            ids.append(self.token_to_index[m.group()])
+            last = m.end()
+        ids += self._encode_plain(text[last:])
+        return ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        vocab = self.id_to_token
+        try:
+            return "".join(vocab[int(i)] for i in ids)
+        except IndexError:
+            bad = next(int(i) for i in ids if not 0 <= int(i) < len(vocab))
+            raise ValueError(f"token id {bad} is outside this char vocabulary of {len(vocab)}") from None
+
+    # -------------------------------------------------------------- files
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "version": 1, "special_tokens": self.special_tokens,
+                "chars": self.id_to_token[len(self.special_tokens):], "unknown_char": REPLACEMENT_CHAR}
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CharTokenizer":
+        data = _read_tokenizer_json(path)
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "char tokenizer") -> "CharTokenizer":
+        if data.get("type") != "char" or not isinstance(data.get("chars"), list):
+            raise UserError(f"{source} is not a char tokenizer file (expected \"type\": \"char\" and a \"chars\" list)")
+        chars = data["chars"]
+        if any(not isinstance(c, str) or len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
+            raise UserError(f"{source}: \"chars\" must be distinct single characters; regenerate the tokenizer")
+        tok = cls(chars, data.get("special_tokens") or [EOT_TOKEN])
+        if tok.id_to_token[len(tok.special_tokens):] != chars:
+            raise UserError(f"{source}: \"chars\" must be sorted and include U+FFFD; regenerate the tokenizer")
+        return tok
+
+
+def _read_tokenizer_json(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"tokenizer file not found: {path} (pass the tokenizer JSON written by tokenize_local_bpe.py)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"tokenizer file {path} is not valid JSON ({e}); regenerate it with tokenize_local_bpe.py") from None
+    if not isinstance(data, dict):
+        raise UserError(f"tokenizer file {path} holds a {type(data).__name__}, not a tokenizer object")
+    return data
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Open a tokenizer file of either kind: a HuggingFace `tokenizers` JSON (top-level "model")
+    gives a BPETokenizer, {"type": "char", ...} a CharTokenizer."""
+    data = _read_tokenizer_json(path)
+    if "model" in data:
+        from tokenizer_bpe import BPETokenizer
+
+        return BPETokenizer().load(path)
+    if data.get("type") == "char":
+        return CharTokenizer.from_dict(data, str(path))
+    raise UserError(f"{path} is neither a `tokenizers` JSON (no \"model\" key) nor a char tokenizer "
+                    f"(no \"type\": \"char\"); pass the file tokenize_local_bpe.py wrote")
