@@ -69,20 +69,24 @@ class CharTokenizer:
     @classmethod
     def from_files(cls, paths: Iterable[str | os.PathLike], special_tokens: Iterable[str] | None = None,
                    chunk_chars: int = 1 << 20) -> "CharTokenizer":
+        specials = list(special_tokens) if special_tokens is not None else [EOT_TOKEN]
+        keep = max(map(len, specials)) - 1  # a special token split across two reads is seen whole
+        pattern = _special_pattern(specials)
+
         def chunks() -> Iterator[str]:
             for path in paths:
                 with open(path, encoding="utf-8", errors="replace", newline="") as f:
                     carry = ""
                     while block := f.read(chunk_chars):
-                        # keep a tail so a special token split across two reads is still seen whole
-                        block, carry = carry + block, ""
-                        cut = block.rfind("<|")
-                        if cut != -1 and "|>" not in block[cut:]:
-                            block, carry = block[:cut], block[cut:]
-                        yield block
-                    if carry:
-                        yield carry
-        return cls.train(chunks(), special_tokens)
+                        block = carry + block
+                        cut = max(len(block) - keep, 0)
+                        for m in pattern.finditer(block, max(cut - keep, 0)):
+                            if m.start() < cut < m.end():
+                                cut = m.start()  # never split a special token that straddles the cut
+                        yield block[:cut]
+                        carry = block[cut:]
+                    yield carry
+        return cls.train(chunks(), specials)
 
     # -------------------------------------------------------------- interface
 
