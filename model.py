@@ -237,6 +237,9 @@ class TransformerLanguageModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        with torch.no_grad():  # padding rows stay zero: they get no gradient and export drops them
+            self.transformer.wte.weight[config.vocab_size:].zero_()
+            self.lm_head.weight[config.vocab_size:].zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
