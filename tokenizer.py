@@ -121,12 +121,11 @@ class CharTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        vocab = self.id_to_token
-        try:
-            return "".join(vocab[int(i)] for i in ids)
-        except IndexError:
-            bad = next(int(i) for i in ids if not 0 <= int(i) < len(vocab))
-            raise ValueError(f"token id {bad} is outside this char vocabulary of {len(vocab)}") from None
+        vocab, ids = self.id_to_token, [int(i) for i in ids]
+        if ids and (min(ids) < 0 or max(ids) >= len(vocab)):
+            bad = next(i for i in ids if not 0 <= i < len(vocab))
+            raise ValueError(f"token id {bad} is outside this char vocabulary of {len(vocab)}")
+        return "".join(vocab[i] for i in ids)
 
     # -------------------------------------------------------------- files
 

@@ -1,20 +1,53 @@
 """Byte-level BPE tokenizer (the seed's phase 3): a thin wrapper over HuggingFace `tokenizers`,
-and the chat template.
+a fast `tiktoken` encoder with identical ids, and the chat template.
 
 Byte-level means every UTF-8 string round-trips exactly and there is no unknown token: the 256
 byte symbols are always in the vocabulary (`initial_alphabet=ByteLevel.alphabet()`; without it,
 bytes never seen in training are silently dropped on encode).
+
+Fast encoding. Training stays with `tokenizers`; encoding goes through `tiktoken` (3-8x faster)
+when it is installed and `tiktoken_encoding()` proves the conversion exact: a plain `BPE` model,
+a `ByteLevel(add_prefix_space=False, use_regex=True)` pre-tokenizer, no normalizer, no
+post-processor, all 256 byte symbols, every multi-byte token the result of exactly one merge and
+merge results whose ids rise with merge order (then tiktoken's "lowest rank first" is HF's
+"earliest merge first"), and added tokens without lstrip/rstrip/single_word/normalized. Anything
+else keeps the HF path, with the reason in `encoder_info`. `BPETokenizer.encode/encode_batch` pick
+the encoder by themselves; `set_encoder("hf")` forces HF. Decoding always uses HF. Known limits
+of tiktoken that we route around: whitespace runs of ~1M characters overflow its regex engine
+(texts with a run of >= 500k go to HF), and it silently rewrites lone surrogates (such texts go
+to HF, which refuses them as it always did).
+
+Special tokens (the trust boundary). `encode` maps special-token strings in its input to their
+ids (DESIGN.md), on both paths: HF matches added tokens leftmost-longest, and so does the fast
+path (tiktoken's own matcher when no special token is a prefix of another, else our longest-first
+split). The tokenizer therefore trusts its input: it is dataset_cleaner.py that neutralises
+`<|...|>` strings found in raw scraped text, so that only the chat template and document ends
+produce special ids and a cleaned `.bin` decodes back to the cleaned text byte for byte. Text
+that was not cleaned can inject `<|user|>` etc.; clean it first.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from common import UserError, atomic_write_text
-from tokenizer import CHAT_ROLES, EOT_TOKEN, _read_tokenizer_json, special_tokens_for
+from tokenizer import CHAT_ROLES, EOT_TOKEN, _read_tokenizer_json, _special_pattern, special_tokens_for
+
+# GPT-2's pre-tokenizer regex, exactly as `tokenizers`' ByteLevel(use_regex=True) applies it.
+GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# tiktoken's regex engine gives up (a Rust panic) on a whitespace run of about 1M characters;
+# texts holding a run this long are encoded by HF instead. Python's \s is a superset of the
+# Unicode White_Space the Rust regex uses, so this never misses such a run.
+_WS_RUN_LIMIT = 500_000
+_LONG_WS_RUN = re.compile(r"(?<!\s)\s{%d}" % _WS_RUN_LIMIT)
+_SMALL_BATCH_CHARS = 1 << 16  # below this, a thread pool costs more than it gains
 
 # The chat format of DESIGN.md, as a Jinja template for HF exports (tokenizer_config.json).
 CHAT_TEMPLATE = (
@@ -36,12 +69,185 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -
     return "".join(parts)
 
 
+
+# ---------------------------------------------------------------------------- tiktoken conversion
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable characters: printable
+    Latin-1 bytes map to themselves, the other 68 to U+0100 upwards, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _merge_pairs(merges: list) -> list[tuple[str, str]]:
+    # tokenizers >= 0.20 writes [a, b]; older files write "a b" (symbols never contain a space)
+    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
+
+
+def tiktoken_conversion(data: dict) -> tuple[dict[bytes, int] | None, dict[str, int], str]:
+    """From a `tokenizers` JSON dict, the tiktoken `mergeable_ranks` and `special_tokens` that give
+    exactly HF's ids, or (None, {}, reason) when the conversion would differ. Needs no tiktoken."""
+    model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE":
+        return None, {}, f"the model is {model.get('type')!r}, not BPE"
+    for key, bad in (("dropout", lambda v: v not in (None, 0, 0.0)), ("byte_fallback", bool),
+                     ("continuing_subword_prefix", bool), ("end_of_word_suffix", bool)):
+        if bad(model.get(key)):
+            return None, {}, f"the BPE model sets {key}={model.get(key)!r}"
+    if data.get("normalizer") is not None:
+        return None, {}, f"it has a normalizer ({data['normalizer'].get('type')})"
+    if data.get("post_processor") is not None:
+        return None, {}, f"it has a post-processor ({data['post_processor'].get('type')})"
+    if data.get("truncation") is not None or data.get("padding") is not None:
+        return None, {}, "it has truncation or padding enabled"
+    if pre.get("type") != "ByteLevel":
+        return None, {}, f"the pre-tokenizer is {pre.get('type')!r}, not ByteLevel"
+    if pre.get("add_prefix_space") or not pre.get("use_regex", True):
+        return None, {}, (f"the ByteLevel pre-tokenizer has add_prefix_space={pre.get('add_prefix_space')}, "
+                          f"use_regex={pre.get('use_regex', True)} (needs False, True)")
+    specials: dict[str, int] = {}
+    for t in data.get("added_tokens") or []:
+        flags = [k for k in ("lstrip", "rstrip", "single_word", "normalized") if t.get(k)]
+        if flags:
+            return None, {}, f"added token {t.get('content')!r} sets {', '.join(flags)}"
+        if not t.get("content"):
+            return None, {}, "an added token is empty"
+        specials[t["content"]] = int(t["id"])
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    vocab: dict[str, int] = model.get("vocab") or {}
+    for symbol, b in byte_of.items():
+        if symbol not in vocab:
+            return None, {}, f"byte 0x{b:02x} ({symbol!r}) is missing from the vocabulary (trained without " \
+                             f"initial_alphabet=ByteLevel.alphabet())"
+    ranks: dict[bytes, int] = {bytes([b]): vocab[s] for s, b in byte_of.items()}
+    last = -1
+    for a, b in _merge_pairs(model.get("merges") or []):
+        merged = a + b
+        if a not in vocab or b not in vocab or merged not in vocab:
+            return None, {}, f"merge ({a!r}, {b!r}) refers to tokens missing from the vocabulary"
+        if any(c not in byte_of for c in merged):
+            return None, {}, f"merge result {merged!r} is not a byte-level string"
+        if vocab[merged] <= last:
+            return None, {}, f"merge results' ids do not rise with merge order (at {merged!r})"
+        last = vocab[merged]
+        ranks[bytes(byte_of[c] for c in merged)] = last
+    produced = set(ranks.values())
+    if len(produced) != len(ranks):
+        return None, {}, "two tokens share an id"
+    for s, i in vocab.items():
+        if s in specials:
+            if specials[s] != i:
+                return None, {}, f"added token {s!r} has id {specials[s]} but {i} in the vocabulary"
+        elif i not in produced:  # HF never emits a token no merge makes; tiktoken might
+            return None, {}, f"vocabulary token {s!r} is not produced by any merge"
+    for s, i in specials.items():
+        if i in produced and vocab.get(s) != i:
+            return None, {}, f"added token {s!r} reuses id {i} of another token"
+    return ranks, specials, "exact"
+
+
+def tiktoken_encoding(tokenizer: Tokenizer, name: str = "bpe") -> tuple["tiktoken.Encoding | None", str]:  # noqa: F821
+    """(Encoding, "exact") when `tokenizer` converts to tiktoken with identical ids, else (None, reason)."""
+    if getattr(tokenizer, "encode_special_tokens", False):
+        return None, "encode_special_tokens is set (special tokens are encoded as text)"
+    ranks, specials, reason = tiktoken_conversion(json.loads(tokenizer.to_str()))
+    if ranks is None:
+        return None, reason
+    try:
+        import tiktoken
+    except ImportError:
+        return None, "tiktoken is not installed (pip install tiktoken)"
+    return tiktoken.Encoding(name, pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials), reason
+
+
+class _TiktokenEncoder:
+    """tiktoken with HF's special-token semantics; ids equal HF's (see the module docstring)."""
+
+    def __init__(self, encoding, hf: Tokenizer) -> None:
+        self.encoding, self.hf = encoding, hf
+        specials = encoding._special_tokens  # noqa: SLF001 - the dict we passed in
+        self.special_ids = dict(specials)
+        self.allowed = frozenset(specials)
+        # tiktoken matches special tokens leftmost-first in arbitrary order; that equals HF's
+        # leftmost-longest unless one special token is a prefix of another
+        self.native = not any(a != b and b.startswith(a) for a in specials for b in specials)
+        self.split_re = _special_pattern(specials) if specials and not self.native else None
+
+    def _hf(self, text: str) -> np.ndarray:
+        return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
+
+    def _plain(self, text: str, allowed: frozenset) -> np.ndarray:
+        return self.encoding.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
+
+    def encode_np(self, text: str) -> np.ndarray:
+        if len(text) >= _WS_RUN_LIMIT and _LONG_WS_RUN.search(text):
+            return self._hf(text)
+        try:
+            if self.split_re is None:
+                return self._plain(text, self.allowed)
+            parts: list[np.ndarray] = []
+            last = 0
+            for m in self.split_re.finditer(text):
+                parts += [self._plain(text[last:m.start()], frozenset()),
+                          np.array([self.special_ids[m.group()]], dtype=np.uint32)]
+                last = m.end()
+            parts.append(self._plain(text[last:], frozenset()))
+            return np.concatenate(parts)
+        except UnicodeEncodeError:  # lone surrogates: tiktoken would rewrite them, HF refuses
+            return self._hf(text)
+        except BaseException as e:  # noqa: BLE001 - a Rust panic is a BaseException
+            if type(e).__name__ != "PanicException":
+                raise
+            return self._hf(text)
+
+
+def _is_file(p: object) -> bool:
+    try:
+        return isinstance(p, (str, os.PathLike)) and Path(p).is_file()
+    except (OSError, ValueError):  # a long text or one holding NUL is not a path
+        return False
+
+
+def _read_training_text(paths: Sequence[str | os.PathLike], chunk_chars: int = 1 << 20) -> Iterator[str]:
+    """Stream files as text in chunks cut after a newline, so no word is split in two."""
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            carry = ""
+            while block := f.read(chunk_chars):
+                block, carry = carry + block, ""
+                cut = block.rfind("\n") + 1
+                if 0 < cut < len(block):
+                    block, carry = block[:cut], block[cut:]
+                yield block
+            if carry:
+                yield carry
+
+
+def _without_specials(texts: Iterable[str], specials: Sequence[str]) -> Iterator[str]:
+    """`tokenizers` training does not split added tokens out of the text: without this, merges
+    such as '<|' and 'endoftext' would waste vocabulary on strings that are always special."""
+    pattern = _special_pattern(specials)
+    for text in texts:
+        yield from (p for p in pattern.split(text) if p)
+
+
 class BPETokenizer:
     """`tokenizer = BPETokenizer(); tokenizer.load('checkpoint/tokenizer.json')`, as in the seed."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self._tok: Tokenizer | None = None
         self.path: Path | None = None
+        self.num_threads = os.cpu_count() or 1
+        self._encoder_choice = "auto"
+        self._reset_encoder()
         if path is not None:
             self.load(path)
 
@@ -51,7 +257,8 @@ class BPETokenizer:
               special_tokens: Sequence[str] | None = None, min_frequency: int = 2,
               show_progress: bool = True, length: int | None = None) -> "BPETokenizer":
         """Train on a list of file paths or an iterator of strings. `special_tokens` default to
-        `<|endoftext|>` alone (id 0); pass special_tokens_for(chat=True) for the chat roles."""
+        `<|endoftext|>` alone (id 0); pass special_tokens_for(chat=True) for the chat roles.
+        Special-token strings in the training text are left out of the merge statistics."""
         specials = list(special_tokens) if special_tokens is not None else special_tokens_for(chat=False)
         if not specials or specials[0] != EOT_TOKEN:
             raise UserError(f"special tokens must start with {EOT_TOKEN} (id 0), got {specials[:3]}")
@@ -66,12 +273,11 @@ class BPETokenizer:
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=show_progress)
         items = files_or_iterator
-        if isinstance(items, (list, tuple)) and items and all(isinstance(p, (str, os.PathLike)) for p in items) \
-                and all(Path(p).is_file() for p in items):
-            tok.train([str(p) for p in items], trainer)
-        else:
-            tok.train_from_iterator(iter(items), trainer, length=length)
+        if isinstance(items, (list, tuple)) and items and all(_is_file(p) for p in items):
+            items, length = _read_training_text(items), None
+        tok.train_from_iterator(_without_specials(items, specials), trainer, length=length)
         self._tok, self.path = tok, None
+        self._reset_encoder()
         return self
 
     # -------------------------------------------------------------- files
@@ -87,6 +293,7 @@ class BPETokenizer:
         except Exception as e:
             raise UserError(f"cannot load tokenizer {path}: {e}; regenerate it with tokenize_local_bpe.py") from None
         self.path = Path(path)
+        self._reset_encoder()
         return self
 
     @classmethod
@@ -96,6 +303,43 @@ class BPETokenizer:
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, self.tokenizer.to_str(pretty=True))
         self.path = Path(path)
+
+    # -------------------------------------------------------------- encoder choice
+
+    def _reset_encoder(self) -> None:
+        self._fast: _TiktokenEncoder | None = None
+        self._decided = False
+        self.encoder_info = ""
+
+    def set_encoder(self, choice: str = "auto") -> str:
+        """'auto' (tiktoken when installed and exact, else HF), 'tiktoken' (UserError when it cannot
+        be used) or 'hf'. Returns one line saying which encoder and why."""
+        if choice not in ("auto", "tiktoken", "hf"):
+            raise UserError(f"--encoder {choice!r} is not one of auto, tiktoken, hf")
+        self._encoder_choice = choice
+        self._reset_encoder()
+        self._fast_encoder()
+        if choice == "tiktoken" and self._fast is None:
+            raise UserError(f"--encoder tiktoken cannot be used: {self.encoder_info}; use --encoder hf or auto")
+        return self.encoder_info
+
+    def _fast_encoder(self) -> _TiktokenEncoder | None:
+        if not self._decided:
+            self._decided = True
+            if self._encoder_choice == "hf":
+                self.encoder_info = "encoder: HF tokenizers (--encoder hf)"
+            else:
+                encoding, reason = tiktoken_encoding(self.tokenizer)
+                if encoding is None:
+                    self.encoder_info = f"encoder: HF tokenizers (tiktoken not used: {reason})"
+                else:
+                    self._fast = _TiktokenEncoder(encoding, self.tokenizer)
+                    self.encoder_info = "encoder: tiktoken (conversion checked exact: same ids as HF)"
+        return self._fast
+
+    @property
+    def encoder_name(self) -> str:
+        return "tiktoken" if self._fast_encoder() is not None else "hf"
 
     # -------------------------------------------------------------- interface
 
@@ -121,11 +365,30 @@ class BPETokenizer:
         return [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
 
     def encode(self, text: str) -> list[int]:
+        fast = self._fast_encoder()
+        if fast is not None:
+            return fast.encode_np(text).tolist()
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encodes on all cores (the library's own thread pool)."""
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        """Encodes on all cores (`num_threads`); same ids as encoding one text at a time."""
+        return [a.tolist() for a in self.encode_batch_numpy(texts)] if self._fast_encoder() is not None \
+            else self._hf_batch(texts)
+
+    def encode_batch_numpy(self, texts: list[str]) -> list[np.ndarray]:
+        """Like encode_batch, as uint32 arrays (no Python ints on the fast path)."""
+        fast = self._fast_encoder()
+        if fast is None:
+            return [np.asarray(ids, dtype=np.uint32) for ids in self._hf_batch(texts)]
+        if len(texts) < 2 or self.num_threads < 2 or sum(map(len, texts)) < _SMALL_BATCH_CHARS:
+            return [fast.encode_np(t) for t in texts]
+        with ThreadPoolExecutor(self.num_threads) as pool:  # tiktoken releases the GIL while encoding
+            return list(pool.map(fast.encode_np, texts))
+
+    def _hf_batch(self, texts: list[str]) -> list[list[int]]:
+        # encode_batch_fast (tokenizers >= 0.21) skips the offsets we never use
+        batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        return [e.ids for e in batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)

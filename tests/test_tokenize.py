@@ -1,0 +1,274 @@
+"""tokenize_local_bpe.py: byte-exact .bin files, metadata, dtypes, validation split, char path,
+bad inputs (one line, non-zero exit, nothing half-written) and bounded memory."""
+import gzip
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tokenize_local_bpe as T
+from tokenizer import EOT_TOKEN, CharTokenizer, load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "tokenize_local_bpe.py")
+SEED_FILES = {"tokens_bpe.bin", "tokens_bpe.bin.gz", "bpe_tokenizer.json", "tokens_bpe_metadata.json"}
+
+
+def make_docs(n: int, seed: int = 0) -> list[str]:
+    """Cleaner-style documents: prose, chat turns, \\r\\n lines, non-ASCII."""
+    rng = random.Random(seed)
+    words = ["the", "capital", "of", "France", "is", "Paris", "don't", "it's", "café", "東京", "🙂", "naïve",
+             "1984", "3.14", "москва", "e\u0301", "learning", "data", "model", "   ", "\t"]
+    docs = []
+    for i in range(n):
+        body = " ".join(rng.choices(words, k=rng.randint(3, 60)))
+        if i % 4 == 0:
+            body = f"<|user|>{body}?\n<|assistant|>{body[::-1]}\n"
+        elif i % 4 == 1:
+            body = body.replace(" of ", "\r\n")
+        docs.append(body)
+    return docs
+
+
+def cleaned_text(n: int, seed: int = 0) -> str:
+    return "".join(d + EOT_TOKEN for d in make_docs(n, seed))
+
+
+def run(args: list[str], cwd: Path = REPO, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def decode_bin(out: Path, prefix: str = "tokens_bpe", tok_name: str = "bpe_tokenizer.json") -> str:
+    meta = json.loads((out / f"{prefix}_metadata.json").read_text())
+    ids = np.fromfile(out / f"{prefix}.bin", dtype=meta["dtype"])
+    return load_tokenizer(out / tok_name).decode(ids.tolist())
+
+
+def check_metadata(out: Path, prefix: str, tok_name: str) -> dict:
+    meta = json.loads((out / f"{prefix}_metadata.json").read_text())
+    size = (out / f"{prefix}.bin").stat().st_size
+    assert meta["num_tokens"] * np.dtype(meta["dtype"]).itemsize == size
+    assert meta["tokenizer_file"] == tok_name
+    assert meta["tokenizer_sha256"] == hashlib.sha256((out / tok_name).read_bytes()).hexdigest()
+    assert meta["bin_sha256"] == hashlib.sha256((out / f"{prefix}.bin").read_bytes()).hexdigest()
+    tok = load_tokenizer(out / tok_name)
+    assert meta["vocab_size"] == tok.vocab_size and meta["eot_token_id"] == tok.eot_token_id == 0
+    ids = np.fromfile(out / f"{prefix}.bin", dtype=meta["dtype"])
+    assert meta["num_documents"] == int((ids == 0).sum()) and ids.max() < meta["vocab_size"]
+    for key in ("format_version", "source_files", "created_at", "settings"):
+        assert key in meta
+    return meta
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The seed's command, as written (smaller vocabulary), in a fresh directory."""
+    d = tmp_path_factory.mktemp("seed")
+    write(d / "your_dataset.txt", cleaned_text(400))
+    r = run(["--input", "your_dataset.txt", "--vocab_size", "600", "--compress"], cwd=d)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_seed_command_writes_its_four_files_byte_exact(trained):
+    assert {p.name for p in trained.iterdir()} == SEED_FILES | {"your_dataset.txt"}  # no temp files left
+    assert decode_bin(trained) == (trained / "your_dataset.txt").read_bytes().decode()
+    meta = check_metadata(trained, "tokens_bpe", "bpe_tokenizer.json")
+    assert meta["dtype"] == "uint16" and meta["num_documents"] == 400 and meta["vocab_size"] <= 600
+    assert gzip.decompress((trained / "tokens_bpe.bin.gz").read_bytes()) == (trained / "tokens_bpe.bin").read_bytes()
+    tok = load_tokenizer(trained / "bpe_tokenizer.json")  # chat markers in the sample: chat tokens registered
+    assert [tok.token_to_id(t) for t in ("<|user|>", "<|assistant|>", "<|system|>")] == [1, 2, 3]
+    vocab = json.loads((trained / "bpe_tokenizer.json").read_text())["model"]["vocab"]
+    assert "endoftext" not in vocab and "<|" not in vocab  # special strings kept out of BPE training
+
+
+def test_several_inputs_globs_and_plain_text_documents(trained, tmp_path):
+    a = write(tmp_path / "a_clean.txt", cleaned_text(50, seed=1))
+    b = write(tmp_path / "b_plain.txt", "Plain text\r\nwithout any end marker.\n")
+    c = write(tmp_path / "c_clean.txt", cleaned_text(5, seed=2)[:-len(EOT_TOKEN)])  # last document unterminated
+    r = run(["--input", str(tmp_path / "*_clean.txt"), str(b), "--tokenizer", str(trained / "bpe_tokenizer.json"),
+             "--output_dir", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    expected = a.read_bytes().decode() + c.read_bytes().decode() + EOT_TOKEN + b.read_bytes().decode() + EOT_TOKEN
+    assert decode_bin(tmp_path / "out") == expected
+    meta = check_metadata(tmp_path / "out", "tokens_bpe", "bpe_tokenizer.json")
+    assert meta["num_documents"] == 50 + 5 + 1 and meta["source_files"] == [str(a), str(c), str(b)]
+    assert (tmp_path / "out" / "bpe_tokenizer.json").read_bytes() == (trained / "bpe_tokenizer.json").read_bytes()
+    assert "2 file(s) did not end with" in r.stderr
+
+
+def test_long_documents_are_cut_where_ids_do_not_change(trained, tmp_path, monkeypatch, capsys):
+    """In-process with tiny limits: a 300 kB document is encoded in many pieces; the ids equal
+    those of encoding it whole, special tokens and whitespace runs included."""
+    monkeypatch.setattr(T, "MAX_CARRY_CHARS", 20_000)
+    monkeypatch.setattr(T, "BLOCK_BYTES", 7_000)
+    monkeypatch.setattr(T, "SEGMENT_CHARS", dict.fromkeys(T.SEGMENT_CHARS, 3_000))
+    rng = random.Random(5)
+    parts = ["word", "wörd", "東京", "x1", "'s", "don't", "!!", "<|user|>", "<|endoftext", "🙂", "12345", "\u3000"]
+    spaces = [" ", "  ", "\n", "\r\n", "\t", " \n ", "    \r\n"]
+    text = "".join(rng.choice(parts) + rng.choice(spaces) for _ in range(40_000)) + " " * 5000 + "end"
+    write(tmp_path / "long.txt", text)
+    for enc in ("tiktoken", "hf"):
+        out = tmp_path / enc
+        assert T.main(["--input", str(tmp_path / "long.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
+                       "--output_dir", str(out), "--encoder", enc]) == 0
+        tok = load_tokenizer(out / "bpe_tokenizer.json")
+        tok.set_encoder("hf")
+        ids = np.fromfile(out / "tokens_bpe.bin", dtype=np.uint16).tolist()
+        assert ids == tok.encode(text + EOT_TOKEN)
+    assert "cut arbitrarily" not in capsys.readouterr().err
+
+
+def test_val_fraction_splits_whole_documents_deterministically(trained, tmp_path):
+    docs = make_docs(200, seed=3)
+    write(tmp_path / "in.txt", "".join(d + EOT_TOKEN for d in docs))
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        r = run(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
+                 "--val_fraction", "0.1", "--compress", "--output_dir", str(out)])
+        assert r.returncode == 0, r.stderr
+        outs.append(out)
+    out = outs[0]
+    train_docs = decode_bin(out).split(EOT_TOKEN)[:-1]
+    val_docs = decode_bin(out, "tokens_bpe_val").split(EOT_TOKEN)[:-1]
+    assert len(val_docs) == 20 and len(train_docs) == 180
+    # every document lands whole in exactly one split, in input order, spread over the corpus
+    val_idx = [i for i in range(200) if (i + 1) * 20 // 200 > i * 20 // 200]
+    assert val_docs == [docs[i] for i in val_idx] and val_idx[0] < 20 and val_idx[-1] == 199
+    assert train_docs == [d for i, d in enumerate(docs) if i not in set(val_idx)]
+    check_metadata(out, "tokens_bpe_val", "bpe_tokenizer.json")
+    meta = check_metadata(out, "tokens_bpe", "bpe_tokenizer.json")
+    assert meta["val_metadata_file"] == "tokens_bpe_val_metadata.json"
+    for name in ("tokens_bpe.bin", "tokens_bpe_val.bin", "tokens_bpe_val.bin.gz"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+    r = run(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
+             "--output_dir", str(out)])  # a rerun without a split removes the now-stale val files
+    assert r.returncode == 0 and not (out / "tokens_bpe_val.bin").exists() and not (out / "tokens_bpe.bin.gz").exists()
+
+
+def test_char_path_and_uint32(tmp_path):
+    """--tokenizer_type char: same files (char names); > 65,536 distinct characters give uint32."""
+    chars = [chr(c) for c in range(0x4E00, 0x9FFF)] + [chr(c) for c in range(0x20000, 0x20000 + 50_000)]
+    random.Random(0).shuffle(chars)
+    text = "".join("".join(chars[i:i + 500]) + "\r\n<|endoftext|>" for i in range(0, len(chars), 500))
+    text += "<|user|>hi\n<|assistant|>ok\n"
+    write(tmp_path / "big.txt", text)
+    r = run(["--input", str(tmp_path / "big.txt"), "--tokenizer_type", "char", "--compress",
+             "--output_dir", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"tokens_char.bin", "tokens_char.bin.gz", "char_tokenizer.json",
+                                               "tokens_char_metadata.json"}
+    meta = check_metadata(out, "tokens_char", "char_tokenizer.json")
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] > 65_536 and meta["tokenizer_type"] == "char"
+    tok = load_tokenizer(out / "char_tokenizer.json")
+    assert isinstance(tok, CharTokenizer) and tok.token_to_id("<|assistant|>") == 2
+    ids = np.fromfile(out / "tokens_char.bin", dtype="<u4")
+    assert ids.tolist() == tok.encode(text + EOT_TOKEN)  # the vectorised encoder equals CharTokenizer.encode
+    assert decode_bin(out, "tokens_char", "char_tokenizer.json") == text + EOT_TOKEN
+    assert gzip.decompress((out / "tokens_char.bin.gz").read_bytes()) == ids.tobytes()
+    r = run(["--input", str(tmp_path / "big.txt"), "--tokenizer_type", "char", "--dtype", "uint16",
+             "--output_dir", str(tmp_path / "out16")])
+    assert r.returncode == 2 and "uint16" in r.stderr and not (tmp_path / "out16").exists()
+
+
+def test_uint16_with_a_large_vocab_is_refused_before_any_work(tmp_path):
+    write(tmp_path / "in.txt", cleaned_text(20))
+    t = time.time()
+    r = run(["--input", str(tmp_path / "in.txt"), "--vocab_size", "70000", "--dtype", "uint16",
+             "--output_dir", str(tmp_path / "out")])
+    assert r.returncode == 2 and r.stderr.startswith("error: --dtype uint16") and "training" not in r.stderr
+    assert not (tmp_path / "out").exists() and time.time() - t < 30
+
+
+def _bad_inputs(d: Path, good_tok: Path) -> dict:
+    write(d / "good.txt", cleaned_text(30))
+    (d / "empty.txt").write_bytes(b"")
+    (d / "binary.dat").write_bytes(bytes(range(256)) * 10)
+    late = cleaned_text(3000).encode()  # invalid byte after the first 64 kB: found while encoding
+    (d / "late_bad.txt").write_bytes(late + b"\xff\xfe tail" + EOT_TOKEN.encode())
+    (d / "data.txt.gz").write_bytes(gzip.compress(b"hello"))
+    write(d / "notjson.json", "{ nope")
+    write(d / "other.json", json.dumps({"hello": 1}))
+    write(d / "plain.txt", "one plain document\n" * 100)
+    good = ["--input", str(d / "good.txt")]
+    return {
+        "missing file": (["--input", str(d / "nope.txt")], "file not found"),
+        "empty file": (["--input", str(d / "empty.txt")], "empty"),
+        "binary file": (["--input", str(d / "binary.dat")], "binary"),
+        "invalid UTF-8 mid-file": (["--input", str(d / "late_bad.txt"), "--tokenizer", str(good_tok)],
+                                   f"byte {len(late)}"),
+        "gzip input": (["--input", str(d / "data.txt.gz")], "gzip"),
+        "unknown encoder": (good + ["--encoder", "fast"], "--encoder"),
+        "tokenizer not JSON": (good + ["--tokenizer", str(d / "notjson.json")], "not valid JSON"),
+        "tokenizer missing": (good + ["--tokenizer", str(d / "nope.json")], "not found"),
+        "tokenizer of no kind": (good + ["--tokenizer", str(d / "other.json")], "neither"),
+        "no glob match": (["--input", str(d / "*.nothing")], "matches no file"),
+        "val of one document": (["--input", str(d / "plain.txt"), "--val_fraction", "0.1"], "single document"),
+        "val_fraction too big": (good + ["--val_fraction", "0.9"], "--val_fraction 0.9"),
+        "tiny vocab": (good + ["--vocab_size", "100"], "too small"),
+    }
+
+
+def test_bad_inputs_one_line_nonzero_exit_and_previous_outputs_untouched(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    before = {}
+    for name in SEED_FILES | {"tokens_bpe_val.bin"}:
+        before[name] = f"previous {name}".encode()
+        (out / name).write_bytes(before[name])
+    for label, (args, needle) in _bad_inputs(tmp_path, trained / "bpe_tokenizer.json").items():
+        r = run(args + ["--output_dir", str(out), "--compress"])
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0, label
+        assert lines[-1].startswith("error: ") and needle in lines[-1], (label, r.stderr)
+        assert "Traceback" not in r.stderr, label
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, label  # nothing new, nothing lost
+
+
+@pytest.mark.slow
+def test_bounded_memory_on_tens_of_mb(trained, tmp_path):
+    """Peak RSS does not grow with the input: 6 MB vs 42 MB (half in one 21 MB document)."""
+    block = cleaned_text(2000, seed=9)
+    rng = random.Random(1)
+    words = block.replace(EOT_TOKEN, " ").split(" ")
+
+    def gen(path: Path, mb: float, separated: bool) -> None:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            size = 0
+            while size < mb * 1e6:
+                chunk = " ".join(rng.choices(words, k=20_000)) + (EOT_TOKEN if separated else "\n")
+                f.write(chunk)
+                size += len(chunk.encode())
+
+    gen(tmp_path / "small.txt", 6, True)
+    gen(tmp_path / "docs.txt", 21, True)
+    gen(tmp_path / "one_doc.txt", 21, False)
+    peaks = {}
+    for name, inputs in (("small", ["small.txt"]), ("big", ["docs.txt", "one_doc.txt"])):
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--input", *[str(tmp_path / i) for i in inputs],
+                                 "--tokenizer", str(trained / "bpe_tokenizer.json"), "--compress",
+                                 "--output_dir", str(tmp_path / name)], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = proc.stderr.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        assert status == 0, stderr
+        peaks[name] = usage.ru_maxrss / 1024  # MB (Linux reports kB)
+    meta = json.loads((tmp_path / "big" / "tokens_bpe_metadata.json").read_text())
+    assert meta["num_documents"] >= 2 and meta["source_bytes"] > 40e6
+    print(peaks)
+    assert peaks["big"] < 2048 and peaks["big"] - peaks["small"] < 150, peaks
+

@@ -1,0 +1,878 @@
+"""Train GPT-2 on a pre-tokenized .bin: memmap or RAM data, AMP, torch.compile, atomic checkpoints,
+exact resume, and DDP through torchrun. The seed's command works as written:
+
+    python train_colab_mmap.py --bin_file tokens_bpe.bin --tokenizer_file bpe_tokenizer.json \\
+        --metadata_file tokens_bpe_metadata.json --model_size gpt2_small --batch_size 64 \\
+        --epochs 10 --use_gpu --checkpoint_dir checkpoints
+
+Running the same command again resumes from checkpoints/latest. `torchrun --nproc_per_node N
+train_colab_mmap.py ...` trains on N devices; --batch_size stays the global batch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from common import (UserError, atomic_write_text, cli_main, pick_device, read_json, resolve_checkpoint_dir,
+                    sha256_file)
+from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
+from tokenizer import load_tokenizer
+from train_io import (AssistantMask, BatchStream, TokenSource, assistant_mask_for, capture_rng, check_token_files,
+                      choose_data_mode, plan_splits, eval_windows, find_checkpoint, list_checkpoints, make_batch, num_windows,
+                      prune_checkpoints, read_checkpoint, recover_interrupted_saves, restore_rng, write_checkpoint)
+
+PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), ("V100", 125), ("T4", 65)]  # dense bf16/fp16
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--bin_file", required=True, help="token .bin (uint16/uint32, no header)")
+    a("--tokenizer_file", required=True, help="the tokenizer JSON the .bin was made with")
+    a("--metadata_file", default=None, help="X_metadata.json (default: the one beside the .bin)")
+    a("--model_size", default="tiny", choices=list(MODEL_CONFIGS))
+    a("--batch_size", type=int, default=32, help="GLOBAL sequences per optimizer step (all ranks x accumulation)")
+    a("--epochs", type=int, default=1)
+    a("--use_gpu", action="store_true", help="require a GPU (CUDA, else MPS)")
+    a("--checkpoint_dir", default="checkpoints")
+    a("--block_size", type=int, default=None, help="context length (default: the model size's)")
+    a("--n_layer", type=int, default=None)
+    a("--n_head", type=int, default=None)
+    a("--n_embd", type=int, default=None)
+    a("--dropout", type=float, default=0.0)
+    a("--tie_embeddings", action="store_true")
+    a("--init_from", default=None, help="weights only: our checkpoint dir or a HuggingFace GPT-2 folder")
+    a("--data_mode", default="auto", choices=["auto", "mmap", "preload"])
+    a("--val_bin_file", default=None)
+    a("--val_fraction", type=float, default=0.01, help="held-out tail when no --val_bin_file (0: no validation)")
+    a("--loss_on", default="all", choices=["all", "assistant"])
+    a("--max_steps", type=int, default=None)
+    a("--max_tokens", type=int, default=None)
+    a("--max_minutes", type=float, default=None, help="save and stop after this many minutes")
+    a("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 up to n_embd 256, else 6e-4)")
+    a("--min_lr", type=float, default=None, help="end of the cosine decay (default lr/10)")
+    a("--warmup_steps", type=int, default=None, help="default: 5%% of planned steps, at most 2000")
+    a("--weight_decay", type=float, default=0.1)
+    a("--grad_clip", type=float, default=1.0, help="0: no clipping")
+    a("--grad_accum_steps", type=int, default=None)
+    a("--micro_batch_size", type=int, default=None, help="per-rank rows per forward (default: all; halved on OOM)")
+    a("--loss_chunk_size", type=int, default=-1, help="tokens per loss chunk; -1: 2048 when vocab >= 8192, else 0 (off)")
+    a("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    a("--compile", default="auto", choices=["auto", "on", "off"], help="auto: on for CUDA")
+    a("--device", default="auto", help="auto|cpu|cuda|mps")
+    a("--seed", type=int, default=1337)
+    a("--eval_every_steps", type=int, default=500)
+    a("--eval_batches", type=int, default=20, help="micro-batches per evaluation")
+    a("--log_every_steps", type=int, default=10)
+    a("--save_every_steps", type=int, default=1000, help="0: off")
+    a("--save_every_minutes", type=float, default=30.0, help="0: off")
+    a("--keep_last", type=int, default=3, help="step folders kept (best is never pruned; 0: keep all)")
+    a("--resume", default="auto", help="auto (from checkpoint_dir/latest) | never | PATH")
+    a("--nan_patience", type=int, default=5, help="NaN/inf steps in a row before rolling back")
+    a("--max_rollbacks", type=int, default=2)
+    a("--wandb", action="store_true")
+    a("--tensorboard", action="store_true")
+    a("--debug", action="store_true")
+    return p
+
+
+# ---------------------------------------------------------------------------- devices and precision
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16 (bf16 dot-product instructions); never assumed."""
+    if torch.backends.cpu.get_cpu_capability().startswith("AMX"):
+        return True
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+
+
+def choose_device(args: argparse.Namespace, d: Dist) -> torch.device:
+    if args.use_gpu:
+        if torch.cuda.is_available():
+            dev = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            dev = torch.device("mps")
+        else:
+            raise UserError(f"--use_gpu: torch {torch.__version__} sees no GPU (CUDA unavailable); in Colab choose "
+                            f"Runtime > Change runtime type > GPU, or drop --use_gpu to train on the CPU")
+        if args.device not in ("auto", dev.type):
+            raise UserError(f"--use_gpu conflicts with --device {args.device}; pass one of them")
+    else:
+        dev = pick_device(args.device)
+    if dev.type == "cuda" and d.world > 1:
+        dev = torch.device("cuda", d.local_rank)
+    return dev
+
+
+def choose_dtype(requested: str, device: torch.device, n_embd: int) -> tuple[str, str]:
+    # native bf16 from Ampere (sm80) on; torch.cuda.is_bf16_supported() also counts emulation (T4, V100)
+    cuda_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    if requested == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --dtype fp16")
+    if requested != "auto":
+        return requested, "asked for"
+    if device.type == "cuda":
+        return ("bf16", "GPU supports bf16") if cuda_bf16 else ("fp16", "GPU lacks bf16; fp16 with a GradScaler")
+    if device.type == "cpu" and cpu_has_native_bf16() and n_embd >= 256:
+        return "bf16", "CPU has native bf16 units and n_embd >= 256"
+    return "fp32", f"{device.type}: " + ("model too narrow to gain from bf16" if device.type == "cpu" and
+                                         cpu_has_native_bf16() else "no native bf16 units")
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key in name), None)
+
+
+def is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg))
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to min_lr at `total` (step is 0-based)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+@dataclass
+class Progress:
+    """Everything about where training stands; saved in every checkpoint."""
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0               # windows of `epoch` already consumed
+    tokens_seen: int = 0
+    micro_batch_size: int = 1
+    lr_scale: float = 1.0
+    best_val_loss: float | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    nan_skipped: int = 0
+    rollbacks: int = 0
+    wall_time_s: float = 0.0
+
+
+@dataclass
+class Plan:
+    total_steps: int
+    warmup: int
+    lr: float
+    min_lr: float
+    per_rank: int
+    loss_chunk: int
+    dtype: str
+    compile: bool
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace, d: Dist, device: torch.device, model: TransformerLanguageModel,
+                 plan: Plan, train_src: TokenSource, val_src: TokenSource | None, mask: AssistantMask | None,
+                 ckdir: Path, progress: Progress) -> None:
+        self.args, self.d, self.device, self.raw, self.plan = args, d, device, model, plan
+        self.train_src, self.val_src, self.mask, self.ckdir, self.p = train_src, val_src, mask, ckdir, progress
+        self.T, self.V = model.config.block_size, model.config.vocab_size
+        self.n_windows = num_windows(len(train_src), self.T)
+        self.opt = model.configure_optimizers(args.weight_decay, plan.lr, device_type=device.type)
+        self.scaler = torch.amp.GradScaler(device.type) if plan.dtype == "fp16" else None
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.dtype)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+        self.peak = peak_flops(device)
+        self.flops_tok = model.flops_per_token(self.T)
+        self.compiled_ok = not plan.compile
+        self._wrap(plan.compile)
+        # test hooks: simulated out-of-memory above a micro-batch size, NaN losses at given steps
+        self.fake_oom_above = int(os.environ.get("GPT_TRAIN_FAKE_OOM_ABOVE", "0"))
+        self.fake_nan_steps = {int(s) for s in os.environ.get("GPT_TRAIN_FAKE_NAN_STEPS", "").split(",") if s}
+        self.stop_signal = 0
+        self.bad_streak = 0
+        self.saved_step = -1
+        self.history: list[dict] = []
+        self.metrics_file = ckdir / "metrics.jsonl"
+        self.sinks: list[Any] = []
+        self.pbar = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _wrap(self, use_compile: bool) -> None:
+        m = torch.compile(self.raw) if use_compile else self.raw
+        if self.d.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            m = torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)
+        self.fwd = m
+
+    def say(self, msg: str) -> None:
+        if self.d.main:
+            (self.pbar.write if self.pbar is not None else print)(msg, file=sys.stderr)
+
+    def load_state(self, sd: dict, ts: dict) -> None:
+        """Weights, optimizer (state moved to the device tensor by tensor), scaler and RNG."""
+        self.raw.load_state_dict(sd)
+        self.opt.load_state_dict(ts["optimizer"])
+        if self.scaler is not None and ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        for f in dataclasses.fields(Progress):  # in place: the training loop holds self.p
+            setattr(self.p, f.name, ts["progress"].get(f.name, f.default))
+        rngs = ts.get("rng", [])
+        if len(rngs) == self.d.world:
+            restore_rng(rngs[self.d.rank], self.device)
+        else:
+            torch.manual_seed(self.args.seed + 7919 * self.p.step + self.d.rank)
+        if self.args.micro_batch_size is None and self.args.grad_accum_steps is None:
+            self.p.micro_batch_size = min(self.p.micro_batch_size, self.plan.per_rank)
+        else:
+            self.p.micro_batch_size = self._requested_micro()
+
+    def _requested_micro(self) -> int:
+        a = self.args
+        if a.micro_batch_size:
+            return min(a.micro_batch_size, self.plan.per_rank)
+        return self.plan.per_rank // (a.grad_accum_steps or 1)
+
+    # ------------------------------------------------------------------ one optimizer step
+
+    def _loss_sum(self, model, x: torch.Tensor, y: torch.Tensor, n_valid: int) -> torch.Tensor:
+        """Sum of the token losses of one micro-batch (so micro-batches of any size add up exactly)."""
+        if self.plan.loss_chunk > 0:
+            _, mean = model(x, y, loss_chunk_size=self.plan.loss_chunk)
+            return mean * n_valid
+        logits, _ = model(x)
+        return F.cross_entropy(logits.reshape(-1, self.V).float(), y.reshape(-1), ignore_index=-100, reduction="sum")
+
+    def _forward_backward(self, b) -> tuple[torch.Tensor, int]:
+        x = b.x.to(self.device, non_blocking=True)
+        y = b.y.to(self.device, non_blocking=True)
+        n_total = int(b.valid.sum())
+        if self.d.world > 1:
+            if self.mask is not None:
+                t = torch.tensor([n_total], dtype=torch.float64, device=self.device)
+                dist.all_reduce(t)
+                n_total = int(t.item())
+            else:
+                n_total *= self.d.world
+        scale = self.d.world / max(n_total, 1)  # DDP averages over ranks: this makes it sum / n_total
+        loss_acc = torch.zeros((), device=self.device)
+        starts = list(range(0, x.size(0), self.p.micro_batch_size))
+        for i, s in enumerate(starts):
+            e = min(x.size(0), s + self.p.micro_batch_size)
+            if self.fake_oom_above and e - s > self.fake_oom_above:
+                raise torch.OutOfMemoryError(f"simulated out of memory at micro-batch {e - s}")
+            last = i == len(starts) - 1
+            with (self.fwd.no_sync() if self.d.world > 1 and not last else contextlib.nullcontext()):
+                with self.autocast():
+                    ls = self._loss_sum(self.fwd, x[s:e], y[s:e], int(b.valid[s:e].sum()))
+                if i == 0 and self.p.step + 1 in self.fake_nan_steps:
+                    self.fake_nan_steps.discard(self.p.step + 1)
+                    ls = ls * float("nan")
+                scaled = ls * scale
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss_acc += ls.detach().float()
+        return loss_acc, n_total
+
+    def _free(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _shrink(self) -> None:
+        m = self.p.micro_batch_size
+        if self.d.world > 1 or m == 1:
+            raise UserError(f"out of memory at micro-batch {m} x block_size {self.T} ({self.plan.dtype}"
+                            f"{', world size ' + str(self.d.world) if self.d.world > 1 else ''}): "
+                            f"{'pass --micro_batch_size ' + str(max(1, m // 2)) if m > 1 else 'use a smaller --model_size or --block_size'}"
+                            f"{'' if self.plan.dtype != 'fp32' else ', or --dtype bf16/fp16'}") from None
+        self.p.micro_batch_size = max(1, m // 2)
+        self.say(f"out of memory at micro-batch {m}: retrying the step with micro-batch {self.p.micro_batch_size} "
+                 f"(accumulating {math.ceil(self.plan.per_rank / self.p.micro_batch_size)} per step)")
+
+    def train_step(self, b) -> tuple[float, float, list[float]]:
+        """Forward/backward over the micro-batches, then one optimizer step. Returns the global
+        loss, the gradient norm, and the flags every rank agreed on [signal, save, stop]."""
+        rng = capture_rng(self.device)
+        while True:
+            try:
+                loss_acc, n_total = self._forward_backward(b)
+                break
+            except Exception as e:  # noqa: BLE001 - sorted below; only a string is kept, so the
+                if not (is_oom(e) or not self.compiled_ok):  # failed step's tensors can be freed
+                    raise
+                compile_failure = "" if is_oom(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            self._free()
+            restore_rng(rng, self.device)
+            if compile_failure:
+                self.say(f"warning: torch.compile failed ({compile_failure}); continuing in eager mode")
+                self.compiled_ok = True
+                self._wrap(False)
+            else:
+                self._shrink()
+        self.compiled_ok = True
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        clip = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), clip)
+        now = time.time()
+        flags = torch.tensor([float(self.stop_signal > 0), float(self.d.main and self._save_due(now)),
+                              float(self.d.main and self._time_up(now))], device=self.device)
+        red = torch.cat([loss_acc.view(1), flags])
+        if self.d.world > 1:
+            dist.all_reduce(red)
+        vals = torch.cat([red.float(), norm.detach().float().view(1).to(red.device)]).tolist()  # the one sync
+        loss, grad_norm = vals[0] / max(n_total, 1), vals[-1]
+        if math.isfinite(loss) and (self.scaler is not None or math.isfinite(grad_norm)):
+            lr = lr_at(self.p.step, self.plan.total_steps, self.plan.warmup, self.plan.lr, self.plan.min_lr)
+            for g in self.opt.param_groups:
+                g["lr"] = lr * self.p.lr_scale
+            if self.scaler is not None:
+                self.scaler.step(self.opt)
+            else:
+                self.opt.step()
+        if self.scaler is not None:
+            self.scaler.update()  # lowers the scale after an overflow; valid without step() after unscale_()
+        self.opt.zero_grad(set_to_none=True)
+        return loss, grad_norm, vals[1:4]
+
+    def probe_micro_batch(self, b) -> None:
+        """DDP only: find a micro-batch that fits on every rank before step 1 (an OOM inside a
+        synchronised backward would hang the other ranks, so it is not retried mid-run)."""
+        while True:
+            m, ok = self.p.micro_batch_size, 1.0
+            rng = capture_rng(self.device)
+            try:
+                if self.fake_oom_above and m > self.fake_oom_above:
+                    raise torch.OutOfMemoryError(f"simulated out of memory at micro-batch {m}")
+                with self.fwd.no_sync(), self.autocast():
+                    x, y = b.x[:m].to(self.device), b.y[:m].to(self.device)
+                    self._loss_sum(self.fwd, x, y, int(b.valid[:m].sum())).backward()
+            except Exception as e:  # noqa: BLE001
+                if not is_oom(e):
+                    raise
+                ok = 0.0
+            self._free()
+            restore_rng(rng, self.device)
+            t = torch.tensor([ok], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            if t.item() == 1.0:
+                return
+            if m == 1:
+                raise UserError(f"out of memory at micro-batch 1 x block_size {self.T} on some rank: "
+                                f"use a smaller --model_size or --block_size")
+            self.p.micro_batch_size = max(1, m // 2)
+            self.say(f"out of memory at micro-batch {m} on some rank: using micro-batch {self.p.micro_batch_size}")
+
+    def _save_due(self, now: float) -> bool:
+        return self.args.save_every_minutes > 0 and now - self.last_save_time >= 60 * self.args.save_every_minutes
+
+    def _time_up(self, now: float) -> bool:
+        return self.args.max_minutes is not None and now - self.start_time >= 60 * self.args.max_minutes
+
+    # ------------------------------------------------------------------ evaluation, logging, saving
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.val_src is None:
+            return None
+        self.raw.eval()
+        ids = self.eval_ids[self.d.rank::self.d.world]
+        tot = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for s in range(0, len(ids), self.p.micro_batch_size):
+            x, y = make_batch(self.val_src, ids[s:s + self.p.micro_batch_size] * self.T, self.T, self.V, self.mask)
+            n = int((y != -100).sum())
+            with self.autocast():
+                ls = self._loss_sum(self.raw, torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device), n)
+            tot += torch.stack([ls.double(), torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+        if self.d.world > 1:
+            dist.all_reduce(tot)
+        self.raw.train()
+        total, count = tot.tolist()
+        return total / count if count else None
+
+    def log(self, rec: dict) -> None:
+        if not self.d.main:
+            return
+        self.history.append(rec)
+        with open(self.metrics_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        for sink in self.sinks:
+            sink(rec)
+
+    def plot(self) -> None:
+        if not self.d.main:
+            return
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            if not getattr(self, "_plot_warned", False):
+                self.say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
+                self._plot_warned = True
+            return
+        tr = [(r["tokens"], r["loss"]) for r in self.history if "loss" in r and r["loss"] is not None]
+        va = [(r["tokens"], r["val_loss"]) for r in self.history if r.get("val_loss") is not None]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for pts, label in ((tr, "train"), (va, "validation")):
+            if pts:
+                ax.plot(*zip(*pts), label=label, marker="o" if label == "validation" else None)
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        tmp = self.ckdir / ".tmp-loss_curve.png"
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, self.ckdir / "loss_curve.png")
+
+    def save(self, best: bool) -> None:
+        """Every rank calls this (RNG states are gathered); rank 0 writes."""
+        rng = capture_rng(self.device)
+        rngs = [None] * self.d.world
+        if self.d.world > 1:
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        p = self.p
+        p.wall_time_s = self.wall_before + time.time() - self.start_time
+        if self.d.main:
+            ts = {"format_version": 1, "progress": dataclasses.asdict(p), "optimizer": self.opt.state_dict(),
+                  "scaler": self.scaler.state_dict() if self.scaler is not None else {}, "rng": rngs,
+                  "world_size": self.d.world}
+            meta = {"step": p.step, "epoch": p.epoch, "tokens_seen": p.tokens_seen, "train_loss": p.train_loss,
+                    "val_loss": p.val_loss, "best_val_loss": p.best_val_loss, "wall_time_s": round(p.wall_time_s, 1),
+                    "micro_batch_size": p.micro_batch_size, "dtype": self.plan.dtype, "world_size": self.d.world,
+                    "torch_version": torch.__version__, "args": vars(self.args)}
+            name = f"step_{p.step:08d}"
+            write_checkpoint(self.ckdir, name, self.raw, self.args.tokenizer_file, ts, meta)
+            atomic_write_text(self.ckdir / "latest", name + "\n")
+            if best:
+                atomic_write_text(self.ckdir / "best", name + "\n")
+            prune_checkpoints(self.ckdir, self.args.keep_last)
+        if self.d.world > 1:
+            dist.barrier()
+        self.saved_step, self.last_save_time = p.step, time.time()
+
+    def restart_from(self, folder: Path, sd: dict, ts: dict) -> None:
+        """Load a checkpoint into this trainer and drop metrics logged after its step."""
+        self.load_state(sd, ts)
+        if self.d.main and self.metrics_file.exists():
+            keep = [json.loads(ln) for ln in self.metrics_file.read_text().splitlines() if ln.strip()]
+            keep = [r for r in keep if r.get("step", 0) <= self.p.step or "event" in r]
+            atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep))
+            self.history = keep
+        self.saved_step = self.p.step
+
+    def _on_bad_step(self, loss: float, stream_holder: list) -> bool:
+        """Count a skipped update; after --nan_patience in a row, roll back (True) or stop."""
+        self.p.nan_skipped += 1
+        self.bad_streak += 1
+        self.say(f"warning: non-finite loss/gradients at step {self.p.step} (loss {loss}); update skipped "
+                 f"({self.bad_streak} in a row, {self.p.nan_skipped} in all)")
+        if self.bad_streak < self.args.nan_patience:
+            return False
+        lr_now = self.plan.lr * self.p.lr_scale
+        fix = (f"lower --lr (now {lr_now:.2e}), lower --grad_clip, use --dtype bf16 or fp32 instead of fp16, "
+               f"or check the data")
+        found = find_checkpoint(self.ckdir, self.say) if self.p.rollbacks < self.args.max_rollbacks else None
+        if found is None:
+            raise UserError(f"the loss was NaN/inf for {self.bad_streak} steps in a row at step {self.p.step} "
+                            f"after {self.p.rollbacks} rollbacks: {fix}")
+        keep = (self.p.lr_scale * 0.5, self.p.nan_skipped, self.p.rollbacks + 1)
+        self.restart_from(found[0], found[1], found[2])
+        self.p.lr_scale, self.p.nan_skipped, self.p.rollbacks = keep
+        self.bad_streak = 0
+        self.log({"event": "rollback", "step": self.p.step, "to": found[0].name, "lr_scale": self.p.lr_scale})
+        self.say(f"rolled back to {found[0].name} with the learning rate scaled by {self.p.lr_scale:g}")
+        stream_holder[0].close()
+        stream_holder[0] = self._stream()
+        return True
+
+    def _stream(self) -> BatchStream:
+        return BatchStream(self.train_src, self.T, self.V, self.args.batch_size, self.d.rank, self.d.world,
+                           self.args.seed, self.p.epoch, self.p.offset, self.mask, self.device.type == "cuda")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _install_signals(self) -> dict:
+        def handler(signum, frame):
+            if self.stop_signal:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            self.say(f"{signal.Signals(signum).name}: finishing this step, saving, then exiting "
+                     f"(send it again to stop without saving)")
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def fit(self) -> int:
+        a, p, plan = self.args, self.p, self.plan
+        B = a.batch_size
+        self.start_time = self.last_save_time = self.last_log_time = time.time()
+        self.wall_before = p.wall_time_s
+        if self.val_src is not None:
+            self.eval_ids = eval_windows(num_windows(len(self.val_src), self.T), a.eval_batches * p.micro_batch_size)
+        if p.step >= plan.total_steps:
+            self.say(f"already trained to step {p.step} of {plan.total_steps}: nothing to do "
+                     f"(raise --epochs, --max_steps or --max_tokens to continue)")
+            return 0
+        old_handlers = self._install_signals() if threading.current_thread() is threading.main_thread() else {}
+        stream = [self._stream()]
+        if self.d.main:
+            from tqdm import tqdm
+            self.pbar = tqdm(total=plan.total_steps, initial=p.step, unit="step", file=sys.stderr,
+                             mininterval=1.0, dynamic_ncols=True)
+        log_tokens, exit_code = 0, 0
+        try:
+            if self.d.world > 1:
+                self.probe_micro_batch(stream[0].next())
+                stream[0].close()
+                stream[0] = self._stream()
+            while p.step < plan.total_steps:
+                b = stream[0].next()
+                loss, gnorm, (sig, save_due, time_up) = self.train_step(b)
+                p.step += 1
+                p.tokens_seen += B * self.T
+                log_tokens += B * self.T
+                p.epoch, p.offset = b.epoch, b.offset
+                if self.pbar is not None:
+                    self.pbar.update(1)
+                bad = not math.isfinite(loss) or (self.scaler is None and not math.isfinite(gnorm))
+                if bad and self._on_bad_step(loss, stream):
+                    continue  # rolled back: p now holds the checkpoint's position
+                if not bad:
+                    self.bad_streak, p.train_loss = 0, loss
+                epoch_end = p.offset + B > self.n_windows
+                if epoch_end:
+                    p.epoch, p.offset = p.epoch + 1, 0
+                last = p.step >= plan.total_steps or sig or time_up
+                if not bad and (p.step % a.log_every_steps == 0 or last or p.step == 1):
+                    self._log_step(loss, gnorm, log_tokens)
+                    log_tokens = 0
+                paused = time.time()  # evaluation and saving are left out of tokens/s
+                improved = False
+                if (a.eval_every_steps > 0 and p.step % a.eval_every_steps == 0) or epoch_end or last:
+                    improved = self._eval_and_log()
+                if improved or epoch_end or last or save_due or (
+                        a.save_every_steps > 0 and p.step % a.save_every_steps == 0):
+                    self.save(best=improved)
+                self.last_log_time += time.time() - paused
+                if sig or time_up:
+                    signum = self.stop_signal or int(signal.SIGTERM)  # 0 here: the signal reached another rank
+                    exit_code = 128 + signum if sig else 0
+                    why = signal.Signals(signum).name if sig else f"--max_minutes {a.max_minutes}"
+                    self.say(f"stopped by {why} at step {p.step}; saved {self.ckdir / f'step_{p.step:08d}'}; "
+                             f"run the same command again to resume")
+                    break
+            if p.step != self.saved_step:
+                self.save(best=False)
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of memory (micro-batch {p.micro_batch_size}, --batch_size {B}): "
+                            f"pass --micro_batch_size {max(1, p.micro_batch_size // 2)}") from None
+        finally:
+            stream[0].close()
+            if self.pbar is not None:
+                self.pbar.close()
+                self.pbar = None
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        self.summary()
+        return exit_code
+
+    def _log_step(self, loss: float, gnorm: float, tokens: int) -> None:
+        p, now = self.p, time.time()
+        tps = tokens / max(now - self.last_log_time, 1e-9)
+        mfu = tps / self.d.world * self.flops_tok / self.peak if self.peak else None
+        mem = (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss_bytes()) / 1e9
+        self.log({"step": p.step, "epoch": round(p.epoch + p.offset / self.n_windows, 4), "tokens": p.tokens_seen,
+                  "loss": loss, "lr": self.opt.param_groups[0]["lr"], "grad_norm": gnorm, "tokens_per_sec": round(tps, 1),
+                  "mfu": None if mfu is None else round(mfu, 4), "memory_gb": round(mem, 3),
+                  "micro_batch_size": p.micro_batch_size, "elapsed_s": round(now - self.start_time, 2)})
+        if self.pbar is not None:
+            self.pbar.set_postfix_str(f"loss {loss:.4f} | {tps:,.0f} tok/s | MFU "
+                                      f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", refresh=False)
+        self.last_log_time = now
+
+    def _eval_and_log(self) -> bool:
+        """Evaluate; True when the validation loss is the best so far."""
+        p, val = self.p, self.evaluate()
+        if val is None:
+            return False
+        improved = p.best_val_loss is None or val < p.best_val_loss
+        p.val_loss, p.best_val_loss = val, (val if improved else p.best_val_loss)
+        self.log({"step": p.step, "tokens": p.tokens_seen, "val_loss": val, "train_loss": p.train_loss})
+        self.say(f"step {p.step}: train loss {_fmt(p.train_loss)}, val loss {val:.4f}{' (best)' if improved else ''}")
+        self.plot()
+        return improved
+
+    def summary(self) -> None:
+        p = self.p
+        secs = time.time() - self.start_time
+        best = self.ckdir / "best"
+        best_name = best.read_text().strip() if best.is_file() else None
+        self.say(f"done: step {p.step}/{self.plan.total_steps}, {p.epoch + p.offset / self.n_windows:.2f} epochs, "
+                 f"{p.tokens_seen:,} tokens seen; "
+                 f"this session {secs / 60:.1f} min; train loss {_fmt(p.train_loss)}, "
+                 f"best val loss {_fmt(p.best_val_loss)}{f' ({best_name})' if best_name else ''}; "
+                 f"{p.nan_skipped} non-finite steps skipped, {p.rollbacks} rollbacks; micro-batch {p.micro_batch_size}")
+        self.say(f"checkpoint: {self.ckdir}/latest -> step_{p.step:08d}; load it with "
+                 f"TransformerLanguageModel.from_pretrained('{self.ckdir}')")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+# ---------------------------------------------------------------------------- setup and validation
+
+def check_args(a: argparse.Namespace, d: Dist) -> None:
+    """Numbers that make no sense, caught before anything is read or allocated."""
+    rules = [("--batch_size", a.batch_size, a.batch_size >= 1), ("--epochs", a.epochs, a.epochs >= 1),
+             ("--max_steps", a.max_steps, a.max_steps is None or a.max_steps >= 1),
+             ("--max_tokens", a.max_tokens, a.max_tokens is None or a.max_tokens >= 1),
+             ("--max_minutes", a.max_minutes, a.max_minutes is None or a.max_minutes > 0),
+             ("--lr", a.lr, a.lr is None or a.lr > 0),
+             ("--min_lr", a.min_lr, a.min_lr is None or (0 <= a.min_lr and (a.lr is None or a.min_lr <= a.lr))),
+             ("--warmup_steps", a.warmup_steps, a.warmup_steps is None or a.warmup_steps >= 0),
+             ("--val_fraction", a.val_fraction, 0 <= a.val_fraction <= 0.5),
+             ("--dropout", a.dropout, 0 <= a.dropout < 1), ("--eval_batches", a.eval_batches, a.eval_batches >= 1),
+             ("--log_every_steps", a.log_every_steps, a.log_every_steps >= 1),
+             ("--eval_every_steps", a.eval_every_steps, a.eval_every_steps >= 0),
+             ("--save_every_steps", a.save_every_steps, a.save_every_steps >= 0),
+             ("--save_every_minutes", a.save_every_minutes, a.save_every_minutes >= 0),
+             ("--keep_last", a.keep_last, a.keep_last >= 0), ("--nan_patience", a.nan_patience, a.nan_patience >= 1),
+             ("--max_rollbacks", a.max_rollbacks, a.max_rollbacks >= 0),
+             ("--grad_accum_steps", a.grad_accum_steps, a.grad_accum_steps is None or a.grad_accum_steps >= 1),
+             ("--micro_batch_size", a.micro_batch_size, a.micro_batch_size is None or a.micro_batch_size >= 1),
+             ("--loss_chunk_size", a.loss_chunk_size, a.loss_chunk_size >= -1)]
+    for flag, value, ok in rules:
+        if not ok:
+            raise UserError(f"{flag} {value} is out of range; see --help")
+    if a.batch_size % d.world:
+        raise UserError(f"--batch_size {a.batch_size} is not divisible by the {d.world} ranks; use a multiple of {d.world}")
+    per_rank = a.batch_size // d.world
+    if a.grad_accum_steps and per_rank % a.grad_accum_steps:
+        raise UserError(f"--grad_accum_steps {a.grad_accum_steps} does not divide the per-rank batch {per_rank} "
+                        f"(--batch_size {a.batch_size} over {d.world} ranks)")
+    if a.micro_batch_size and (a.micro_batch_size > per_rank or (
+            a.grad_accum_steps and a.micro_batch_size * a.grad_accum_steps != per_rank)):
+        raise UserError(f"--micro_batch_size {a.micro_batch_size} must be at most the per-rank batch {per_rank}"
+                        f"{' and equal it divided by --grad_accum_steps' if a.grad_accum_steps else ''}")
+    for flag, module, pkg in (("wandb", "wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard", "tensorboard")):
+        if getattr(a, flag):
+            try:
+                __import__(module)
+            except ImportError:
+                raise UserError(f"--{flag} needs the {pkg} package: pip install {pkg} (or drop --{flag})") from None
+
+
+def model_config(args: argparse.Namespace, vocab: int, found) -> GPTConfig | None:
+    """The config of the checkpoint being resumed, or of the flags; None for --init_from, whose
+    weights are read only after the data has been checked (its block size: init_block_size)."""
+    if found is not None:
+        saved = found[3].get("args", {})
+        for k in ("model_size", "block_size", "n_layer", "n_head", "n_embd", "tie_embeddings", "init_from"):
+            if k in saved and saved[k] != getattr(args, k):
+                raise UserError(f"{found[0]} was trained with --{k} {saved[k]}, this run asks for {getattr(args, k)}: "
+                                f"pass the same model flags, another --checkpoint_dir, or --resume never")
+        cfg = GPTConfig.from_dict(json.loads((found[0] / "config.json").read_text()), str(found[0] / "config.json"))
+        if cfg.vocab_size != vocab:
+            raise UserError(f"{found[0]} has vocab_size {cfg.vocab_size} but --tokenizer_file has {vocab} tokens")
+        if sha256_file(found[0] / "tokenizer.json") != sha256_file(args.tokenizer_file):
+            raise UserError(f"--tokenizer_file {args.tokenizer_file} differs from the tokenizer {found[0]} was "
+                            f"trained with; pass that tokenizer, another --checkpoint_dir, or --resume never")
+        return dataclasses.replace(cfg, dropout=args.dropout)
+    if args.init_from:
+        return None
+    return get_config(args.model_size, vocab, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                      n_embd=args.n_embd, dropout=args.dropout, tie_embeddings=args.tie_embeddings or None)
+
+
+def init_block_size(args: argparse.Namespace, vocab: int) -> int:
+    """--init_from's context length, from its config.json alone (ours: block_size; HF: n_positions)."""
+    raw = read_json(resolve_checkpoint_dir(args.init_from) / "config.json", "--init_from config")
+    if raw.get("vocab_size", vocab) != vocab:
+        raise UserError(f"--init_from {args.init_from} has vocab_size {raw['vocab_size']} but --tokenizer_file has "
+                        f"{vocab} tokens; fine-tune with the tokenizer it was trained with")
+    return args.block_size or int(raw.get("block_size") or raw.get("n_positions") or 1024)
+
+
+def init_from_weights(args: argparse.Namespace, vocab: int, say) -> tuple[GPTConfig, dict]:
+    """--init_from (our checkpoint or a HuggingFace GPT-2 folder): config and weights, the
+    position table cropped to --block_size."""
+    src = TransformerLanguageModel.from_pretrained(args.init_from)
+    c = src.config
+    if c.vocab_size != vocab:
+        raise UserError(f"--init_from {args.init_from} has vocab_size {c.vocab_size} but --tokenizer_file has "
+                        f"{vocab} tokens; fine-tune with the tokenizer it was trained with")
+    T = args.block_size or c.block_size
+    if T > c.block_size:
+        raise UserError(f"--block_size {T} exceeds --init_from's block_size {c.block_size}")
+    sd = src.state_dict()
+    sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:T].clone()
+    say(f"init_from {args.init_from}: n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd} "
+        f"(--model_size is ignored)")
+    return dataclasses.replace(c, block_size=T, dropout=args.dropout), sd
+
+
+def init_distributed() -> Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    d = init_distributed()
+
+    def say(msg: str) -> None:
+        if d.main:
+            print(msg, file=sys.stderr, flush=True)
+
+    check_args(args, d)
+    device = choose_device(args, d)
+    if d.world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return run(args, d, device, say)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace, d: Dist, device: torch.device, say) -> int:
+    tok = load_tokenizer(args.tokenizer_file)
+    V = tok.vocab_size
+    tf = check_token_files(args.bin_file, args.metadata_file, args.tokenizer_file, V)
+    ckdir = Path(args.checkpoint_dir)
+    if ckdir.exists() and not ckdir.is_dir():
+        raise UserError(f"--checkpoint_dir {ckdir} is a file; pass a folder")
+    if d.main and ckdir.is_dir():
+        recover_interrupted_saves(ckdir)
+    if d.world > 1:
+        dist.barrier()
+    found = None
+    if args.resume == "auto":
+        found = find_checkpoint(ckdir, say)
+    elif args.resume != "never":
+        folder = resolve_checkpoint_dir(args.resume)
+        try:
+            found = (folder, *read_checkpoint(folder))
+        except ValueError as e:
+            raise UserError(f"--resume {args.resume}: {folder} is unusable: {e}") from None
+    elif ckdir.is_dir() and list_checkpoints(ckdir):
+        say(f"warning: --resume never: {ckdir} already holds checkpoints; same-named step folders will be replaced")
+    config = model_config(args, V, found)
+    T, B = (config.block_size if config else init_block_size(args, V)), args.batch_size
+
+    # data: validated before any model exists
+    n_train, val_range = plan_splits(tf, args.val_bin_file, args.val_fraction, T, B)
+    mask = assistant_mask_for(tok, args.tokenizer_file) if args.loss_on == "assistant" else None
+    mode = choose_data_mode(args.data_mode, n_train * tf.dtype.itemsize, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+    init_sd = None
+    if config is None:
+        config, init_sd = init_from_weights(args, V, say)
+    spe = num_windows(n_train, T) // B
+    total = args.epochs * spe
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    if args.max_tokens:
+        total = min(total, math.ceil(args.max_tokens / (B * T)))
+    lr = args.lr or (1e-3 if config.n_embd <= 256 else 6e-4)  # nanoGPT's char model / GPT-2 small
+    dtype, why = choose_dtype(args.dtype, device, config.n_embd)
+    plan = Plan(total_steps=total, warmup=args.warmup_steps if args.warmup_steps is not None else min(2000, total // 20),
+                lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, per_rank=B // d.world,
+                loss_chunk=args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0),
+                dtype=dtype, compile=args.compile == "on" or (args.compile == "auto" and device.type == "cuda"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # the model
+    train_src = TokenSource(tf, 0, n_train, preload=mode == "preload")
+    val_src = TokenSource(val_range[0], val_range[1], val_range[2], preload=mode == "preload") if val_range else None
+    torch.manual_seed(args.seed)
+    model = TransformerLanguageModel(config)
+    if init_sd is not None:
+        model.load_state_dict(init_sd)
+    model.to(device).train()
+    if d.rank > 0:
+        torch.manual_seed(args.seed + d.rank)  # dropout differs per rank
+    if d.main:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(args, d, device, model, plan, train_src, val_src, mask, ckdir, Progress())
+    trainer.p.micro_batch_size = trainer._requested_micro()
+    if found is not None:
+        trainer.restart_from(found[0], found[1], found[2])
+    elif d.main and trainer.metrics_file.exists():
+        os.replace(trainer.metrics_file, ckdir / f"metrics-{int(time.time())}.jsonl")
+    if d.main:
+        if args.wandb:
+            import wandb
+            wandb.init(project="gpt2-from-scratch", config=vars(args), dir=str(ckdir))
+            trainer.sinks.append(lambda r: wandb.log({k: v for k, v in r.items() if isinstance(v, (int, float))},
+                                                     step=r["step"]))
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(ckdir / "tensorboard"))
+            trainer.sinks.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in r.items()
+                                            if isinstance(v, (int, float)) and k != "step"])
+    p = trainer.p
+    name = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
+    say(f"device {device} ({name}{d.world} rank{'s' * (d.world > 1)}), dtype {dtype} ({why}), "
+        f"compile {'on' if plan.compile else 'off'}")
+    say(f"model: {model.num_parameters():,} parameters (n_layer {config.n_layer}, n_head {config.n_head}, n_embd "
+        f"{config.n_embd}, block_size {T}, vocab {V}{', tied' if config.tie_embeddings else ''})")
+    say(f"data: {tf.path.name} {tf.num_tokens:,} {tf.dtype.name} tokens ({mode}); train {n_train:,}, validation "
+        f"{(val_range[2] - val_range[1]) if val_range else 0:,}; {num_windows(n_train, T):,} windows, {spe:,} steps/epoch"
+        f"; loss on {args.loss_on} tokens{f', loss chunks of {plan.loss_chunk}' if plan.loss_chunk else ''}")
+    say(f"batch {B} = {d.world} rank(s) x {plan.per_rank} (micro-batch {p.micro_batch_size}); lr {lr:g} -> "
+        f"{plan.min_lr:g}, warmup {plan.warmup}; {total:,} steps planned")
+    say(f"checkpoints: {ckdir} " + (f"(resumed from {found[0].name}: step {p.step}, epoch {p.epoch})"
+                                   if found is not None else "(fresh start)"))
+    return trainer.fit()
+
+
+if __name__ == "__main__":
+    cli_main(main)
