@@ -59,7 +59,7 @@ class Scale:
 
 
 # 4 layers x 128 wide, vocabulary 3.6k: 1.76M parameters. 5 epochs of the 0.8M-token corpus are
-# 985 steps of 16 x 256 tokens: about 6 minutes on 2 cores (fp32: the trainer's --dtype auto keeps
+# 985 steps of 16 x 256 tokens: 6-7 minutes on 2 cores (fp32: the trainer's --dtype auto keeps
 # fp32 on a CPU below n_embd 256). Tuned on this corpus: both seed prompts come out right after 3
 # minutes already; held-out accuracy 63% after 4 epochs, 66% after 5 (loss on assistant tokens
 # only: the same 66%). Arithmetic stays near chance at this size; capitals and definitions do not.
