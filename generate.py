@@ -191,9 +191,7 @@ def _generate_steps(model: nn.Module, rows: Sequence[Sequence[int]], max_new_tok
                 cache = state["cache"]
                 if len(still) < len(active) and cache is not None:  # finished rows leave the batch
                     rows_kept = torch.tensor([active.index(b) for b in still], device=device)
-                    cache.kv = cache.kv.index_select(2, rows_kept)
-                    if cache.pad_lens is not None:
-                        cache.pad_lens = cache.pad_lens.index_select(0, rows_kept)
+                    cache.select_rows(rows_kept)
                 active = still
                 overflow = [b for b in active if len(seqs[b]) - starts[b] > block]
                 for b in overflow:

@@ -102,6 +102,12 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (finished sequences leave the batch)."""
+        self.kv = self.kv.index_select(2, rows)
+        if self.pad_lens is not None:
+            self.pad_lens = self.pad_lens.index_select(0, rows)
+
     def position_ids(self, T: int, device: torch.device) -> torch.Tensor:
         pos = torch.arange(self.pos, self.pos + T, device=device)
         if self.pad_lens is None:

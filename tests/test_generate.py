@@ -249,13 +249,13 @@ def test_batch_equals_single_prompts(tokenizers):
     assert len(set(batch)) == len(batch)
 
 
-def test_wrapped_models_and_training_mode_restored(tokenizers, chat_models):
+def test_wrapped_models_and_training_mode_restored(tmp_path, tokenizers, chat_models):
     import torch.distributed as dist
 
     tok, model = tokenizers["char"], chat_models["char"]
     compiled = torch.compile(model)  # lazy: generation unwraps it, nothing is compiled
     assert generate_text(compiled, tok, "hi", temperature=0) == "hello there"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{29500 + os.getpid() % 1000}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         assert generate_text(ddp, tok, "bye", temperature=0) == "see you ✓ 😀"
