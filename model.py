@@ -347,7 +347,10 @@ class TransformerLanguageModel(nn.Module):
         """config.json + pytorch_model.bin into an existing folder (the caller makes it atomic)."""
         folder = Path(folder)
         (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
-        torch.save(unwrap_model(self).state_dict(), folder / WEIGHTS_NAME)
+        # CPU copies (a GPU-trained file must load on a CPU machine); tied tensors stay shared
+        cpu: dict[int, torch.Tensor] = {}
+        state = {k: cpu.setdefault(v.data_ptr(), v.detach().cpu()) for k, v in unwrap_model(self).state_dict().items()}
+        torch.save(state, folder / WEIGHTS_NAME)
 
     def save_pretrained(self, save_dir: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None) -> Path:
         """Write save_dir/{config.json, pytorch_model.bin[, tokenizer.json]} as a whole: built in a
