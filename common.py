@@ -4,6 +4,7 @@ Kept deliberately tiny: anything used by only one script lives in that script.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -11,7 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 
 class UserError(ValueError):
@@ -35,12 +36,27 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # a path that cannot be read or written: the user can fix it
+        if debug:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot read or write{where}: {e.strerror or e}; check the path, free disk space "
+              f"or choose another output location", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:  # noqa: BLE001 - last line of defence for the CLI
         if debug:
             raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one `error:` line (through cli_main), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -88,15 +104,15 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Read a JSON file or raise UserError naming the file."""
+def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "regenerate it") -> Any:
+    """Read a JSON file or raise UserError naming the file and `fix`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path} (check the path)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{what} {path} is not valid JSON ({e}); regenerate it") from None
+        raise UserError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
 
 
 # ---------------------------------------------------------------------------- checkpoints

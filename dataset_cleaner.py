@@ -60,7 +60,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 import tokenizer_bpe
-from common import UserError, atomic_path, atomic_write_json, cli_main
+from common import ArgParser, UserError, atomic_path, atomic_write_json, cli_main
 from text_cleaning import (CleanOptions, Deduper, clean_content, clean_document, exact_hash, filters_apply,
                            minhash_band_keys, neutralize_special_tokens, quality_reason)
 from text_cleaning import clean_text  # noqa: F401  (re-exported: part of the notebook API)
@@ -709,7 +709,7 @@ def clean_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
 # ---------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs (.gz allowed)")
     p.add_argument("--output", required=True, help="cleaned corpus (.txt, .jsonl, optionally .gz)")

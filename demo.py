@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from common import UserError, atomic_write_json, atomic_write_text, cli_main, read_json, sha256_file
+from common import ArgParser, UserError, atomic_write_json, atomic_write_text, cli_main, read_json, sha256_file
 
 REPO = Path(__file__).resolve().parent
 SEED_RESULTS = "GPT-2 Small (134M), 10 epochs on 12 GB, ~50 h on an A100"
@@ -489,7 +489,7 @@ def _cell(text: str) -> str:
 # ---------------------------------------------------------------------------- main
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="The seed's journey end to end on an embedded corpus: "
+    p = ArgParser(description="The seed's journey end to end on an embedded corpus: "
                                             "clean -> tokenize -> train -> generate (`make demo`).")
     p.add_argument("--out_dir", default="demo_out", help="everything the demo makes goes here (default demo_out)")
     p.add_argument("--minutes", type=float, default=None,

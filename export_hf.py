@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from common import UserError, cli_main, resolve_checkpoint_dir
+from common import ArgParser, UserError, cli_main, resolve_checkpoint_dir
 from model import GPTConfig, TransformerLanguageModel, unwrap_model
 from tokenizer import CHAT_SPECIAL_TOKENS, EOT_TOKEN, load_tokenizer
 
@@ -183,9 +183,10 @@ def write_folder_atomically(out_dir: str | os.PathLike, files: dict[str, str | b
                             write_more: Callable[[Path], object] | None = None) -> Path:
     """Build the folder as a temporary sibling, then rename it into place (replacing an old one)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    tmp = None
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: give it a normal folder's mode
@@ -200,8 +201,13 @@ def write_folder_atomically(out_dir: str | os.PathLike, files: dict[str, str | b
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, UserError):
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            raise UserError(f"cannot write --out_dir {out_dir}: {first}; free disk space or choose another "
+                            f"--out_dir") from None
         raise
     return out_dir
 
@@ -246,7 +252,7 @@ def export_hf(model: TransformerLanguageModel, tokenizer_file: str | os.PathLike
 # ---------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export a checkpoint to a HuggingFace GPT-2 folder "
+    p = ArgParser(description="Export a checkpoint to a HuggingFace GPT-2 folder "
                                             "(GPT2LMHeadModel + AutoTokenizer, loadable offline).")
     p.add_argument("--checkpoint_dir", required=True, help="checkpoint folder (D/latest is followed)")
     p.add_argument("--out_dir", required=True, help="HF folder to write (built beside it, then renamed)")

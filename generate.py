@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from common import UserError, cli_main, pick_device, resolve_checkpoint_dir
+from common import ArgParser, UserError, cli_main, pick_device, resolve_checkpoint_dir
 from model import KVCache, TransformerLanguageModel, unwrap_model
 
 EOT_TOKEN = "<|endoftext|>"
@@ -515,7 +515,7 @@ def chat_repl(model: nn.Module, tokenizer, args: argparse.Namespace, stdin=None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Generate text from a checkpoint (only generated text goes to stdout).",
+    p = ArgParser(description="Generate text from a checkpoint (only generated text goes to stdout).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint_dir", required=True, help="trainer's checkpoint dir (uses D/latest) or one checkpoint folder")
     p.add_argument("--prompt", default="", help="text to complete; empty = unconditional samples")

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from common import UserError, cli_main, read_json
+from common import ArgParser, UserError, cli_main, read_json
 from export_hf import check_replaceable, is_conv1d_key, write_folder_atomically
 from model import GPTConfig, TransformerLanguageModel
 
@@ -195,7 +195,7 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Import a HuggingFace GPT-2 folder into our checkpoint layout "
+    p = ArgParser(description="Import a HuggingFace GPT-2 folder into our checkpoint layout "
                                             "(for train_colab_mmap.py --init_from and generate.py --checkpoint_dir).")
     p.add_argument("--hf_dir", required=True, help="folder with config.json and model.safetensors / pytorch_model.bin")
     p.add_argument("--out_dir", required=True, help="checkpoint folder to write (built beside it, then renamed)")

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from common import UserError, atomic_path, resolve_checkpoint_dir
+from common import UserError, read_json, resolve_checkpoint_dir
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -60,7 +60,12 @@ class GPTConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"{source}: unknown model config keys {unknown}; expected only {sorted(known)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
+        except TypeError as e:
+            raise UserError(f"{source}: {e}; expected the fields {sorted(known)}") from None
 
 
 # The seed's four sizes. vocab_size always comes from the tokenizer.
@@ -382,14 +387,24 @@ class TransformerLanguageModel(nn.Module):
         """Load our checkpoint folder (D/latest, or D holding config.json). A HuggingFace GPT-2
         folder (config.json with model_type 'gpt2') is converted through import_hf."""
         folder = resolve_checkpoint_dir(path)
-        raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        raw = read_json(folder / CONFIG_NAME, "model config",
+                        fix="use an earlier checkpoint, or the config.json saved with these weights")
+        if not isinstance(raw, dict):
+            raise UserError(f"{folder / CONFIG_NAME} holds a {type(raw).__name__}, not a model config object; "
+                            f"use the config.json saved with the weights")
         if raw.get("model_type") == "gpt2" or "n_positions" in raw:
             from import_hf import load_hf_gpt2  # lazy: only for HF folders
 
             return load_hf_gpt2(folder)
         config = GPTConfig.from_dict(raw, source=str(folder / CONFIG_NAME))
         model = cls(config)
-        model.load_state_dict(load_weights_file(folder))
+        try:
+            model.load_state_dict(load_weights_file(folder))
+        except RuntimeError as e:
+            detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln
+                           or "Unexpected" in ln), str(e).splitlines()[0])
+            raise UserError(f"weights in {folder} do not match {folder / CONFIG_NAME} ({detail[:200]}); "
+                            f"use the config.json saved with these weights") from None
         return model
 
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common import UserError, atomic_path, cli_main, read_json
+from common import ArgParser, UserError, atomic_path, cli_main, read_json
 
 FACTS_DIR = Path(__file__).resolve().parent / "data_facts"
 MB = 1_000_000
@@ -595,7 +595,7 @@ def _summary(corpus: Corpus, out: Path, heldout_out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Write the demo's conversational corpus (chat JSONL) and held-out set.")
+    p = ArgParser(description="Write the demo's conversational corpus (chat JSONL) and held-out set.")
     p.add_argument("--out", default="data/demo_chat.jsonl", help="training corpus JSONL")
     p.add_argument("--heldout_out", default="data/demo_heldout.jsonl", help="held-out evaluation JSONL")
     p.add_argument("--seed", type=int, default=0)

@@ -28,15 +28,17 @@ tokens are registered automatically when the training sample contains `<|user|>`
 (or with --special_tokens chat); if a reused tokenizer lacks them but the text has them, the
 summary warns.
 
-Scale. Everything streams: files are read in 8 MB blocks cut at document ends (or, inside a very
-long document, just before a whitespace character that follows a non-whitespace one, a place
-where GPT-2's pre-tokenizer always splits, so the ids are those of the whole document); blocks
-are encoded on all cores (tiktoken when it is exact, else HF `encode_batch`), and a writer thread
-appends the ids to the .bin and the .gz. BPE training sees --train_sample_bytes of text taken in
-1 MB pieces evenly spread over the corpus. Peak memory is the BPE trainer's (see the sample size)
-plus a few blocks, whatever the corpus size. Every output is written to a temporary file beside
-it and renamed only when all succeeded: a failed or interrupted run leaves the previous outputs
-as they were.
+Scale. Everything streams. Files are read in 4 MB blocks cut at document ends; inside a very long
+document, just before a space/tab/newline that follows a non-whitespace character: GPT-2's
+pre-tokenizer always splits there, so the ids equal those of the whole document. Blocks are encoded
+on all cores (tiktoken when it is exact, else HF `encode_batch`) while the next block is read and a
+writer thread appends the previous one's ids to the .bin and the .gz. BPE training sees
+--train_sample_bytes of text (default 100 MB) in 1 MB pieces evenly spread over the corpus; the HF
+trainer's memory grows with the distinct words in its sample, about 1 KB each (1.5 GB peak for a
+heavy-tailed 100 MB sample with 1.4M distinct words: lower the sample on a small machine).
+Encoding itself holds a few blocks (~150-250 MB peak RSS measured), whatever the corpus size. Every output goes to a temporary file beside it, renamed only
+when all succeeded, metadata last: a failed or interrupted run leaves the previous outputs as they
+were and never a file set that looks complete.
 """
 from __future__ import annotations
 
@@ -70,9 +72,10 @@ from tokenizer import (CHAT_SPECIAL_TOKENS, EOT_TOKEN, REPLACEMENT_CHAR, CharTok
                        load_tokenizer, special_tokens_for)
 
 FORMAT_VERSION = 1
-BLOCK_BYTES = 8 << 20          # read size; a block is encoded as one batch
-SEGMENT_CHARS = {"tiktoken": 1 << 19, "hf": 1 << 14, "char": 1 << 20}  # texts per encoder call: HF is
-#                                slower on long texts, tiktoken on short ones (measured, bench_tokenize.py)
+BLOCK_BYTES = 4 << 20          # read size; a block is encoded as one batch
+# Texts per encoder call, measured on 2 cores: HF encode_batch_fast 8-9 MB/s on 4K-character texts
+# but 6 on 64K (HF slows on long texts); tiktoken 44 MB/s on 512K, 38 on 64K (per-call overhead).
+SEGMENT_CHARS = {"tiktoken": 1 << 19, "hf": 1 << 12, "char": 1 << 20}
 MAX_CARRY_CHARS = 4 << 20      # a document longer than this is encoded in safe pieces
 HARD_CARRY_CHARS = 16 << 20    # no safe place to cut in this many characters: cut anyway (warned)
 SAMPLE_PIECE_BYTES = 1 << 20   # BPE training sample: pieces of this size, evenly spread
@@ -200,23 +203,23 @@ def check_inputs(files: Sequence[Path], errors: str) -> list[Path]:
 
 # ---------------------------------------------------------------------------- reading
 
-def read_text(path: Path, errors: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[str, int]]:
+def read_text(path: Path, errors: str, block_bytes: int | None = None) -> Iterator[tuple[str, int]]:
     """(text, bytes consumed) per block, then ("...", 0) once at the end of the file. The decoder
     holds back a UTF-8 character cut by a block edge, so no character is ever split."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    offset = 0
+    offset, block_bytes = 0, block_bytes or BLOCK_BYTES
     with open(path, "rb") as f:
         while True:
             raw = f.read(block_bytes)
-            pending = len(decoder.getstate()[0])
+            pending, n = len(decoder.getstate()[0]), len(raw)
             try:
-                text = decoder.decode(raw, final=not raw)
+                box = [decoder.decode(raw, final=not raw)]
             except UnicodeDecodeError as e:
                 raise UserError(f"--input {path}: invalid UTF-8 at byte {offset - pending + e.start}; clean it "
                                 f"with dataset_cleaner.py or pass --errors replace") from None
-            offset += len(raw)
-            yield text, len(raw)
-            if not raw:
+            offset, raw = offset + n, None
+            yield box.pop(), n  # keep no reference to the text while the caller works on it
+            if not n:
                 return
 
 
@@ -276,24 +279,25 @@ class DocumentReader:
         for path in self.files:
             carry = ""
             for text, nbytes in read_text(path, self.errors):
-                buf = carry + text
+                buf, text = carry + text, None
                 if nbytes == 0:  # end of file: make sure the last document ends with EOT
                     if buf and not buf.endswith(EOT_TOKEN):
                         buf += EOT_TOKEN
                         self.appended_eot += 1
-                    yield self._block(buf, len(buf), nbytes)
-                    break
-                end = buf.rfind(EOT_TOKEN)
-                end = 0 if end < 0 else end + len(EOT_TOKEN)
-                if len(buf) - end > MAX_CARRY_CHARS:  # a long document: cut inside it
-                    cut = safe_cut(buf, end, len(buf) - MAX_CARRY_CHARS // 4, self.cuts, self.special_re,
-                                   self.anywhere)
-                    if cut < 0 and len(buf) - end > HARD_CARRY_CHARS:
-                        cut = safe_cut(buf, end, len(buf) - 1, self.cuts, self.special_re, True)
-                        self.unsafe_cuts += 1
-                    end = max(end, cut)
-                carry = buf[end:]
-                yield self._block(buf, end, nbytes)
+                    end = len(buf)
+                else:
+                    end = buf.rfind(EOT_TOKEN)
+                    end = 0 if end < 0 else end + len(EOT_TOKEN)
+                    if len(buf) - end > MAX_CARRY_CHARS:  # a long document: cut inside it
+                        cut = safe_cut(buf, end, len(buf) - MAX_CARRY_CHARS // 4, self.cuts, self.special_re,
+                                       self.anywhere)
+                        if cut < 0 and len(buf) - end > HARD_CARRY_CHARS:
+                            cut = safe_cut(buf, end, len(buf) - 1, self.cuts, self.special_re, True)
+                            self.unsafe_cuts += 1
+                        end = max(end, cut)
+                block, carry = self._block(buf, end, nbytes), buf[end:]
+                del buf  # hold only the segments while the block is being encoded
+                yield block
 
     def _block(self, buf: str, end: int, nbytes: int) -> Block:
         """Segments of buf[:end], which ends at a document end or a safe cut."""
@@ -591,6 +595,8 @@ def validate_args(args: argparse.Namespace) -> Specials:
                           ("min_frequency", args.min_frequency >= 0, "must be 0 or more")):
         if not ok:
             raise UserError(f"--{flag} {getattr(args, flag)}: {fix}")
+    if args.output_prefix is not None and (not args.output_prefix or Path(args.output_prefix).name != args.output_prefix):
+        raise UserError(f"--output_prefix {args.output_prefix!r}: give a file name prefix; put the folder in --output_dir")
     specials = parse_specials(args.special_tokens)
     if args.encoder == "tiktoken":
         if args.tokenizer_type == "char":
@@ -668,7 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
     specials = validate_args(args)
-    os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(args.workers)  # HF's thread pool
+    if args.workers != os.cpu_count():  # HF's thread pool (read when it first starts)
+        os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(args.workers)
     tok, kind = load_existing(args, specials) if args.tokenizer else (None, args.tokenizer_type or "bpe")
     out_dir = Path(args.output_dir)
     names = output_names(out_dir, args.output_prefix, kind)
@@ -685,7 +692,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_docs = min(total_docs - 1, max(1, round(total_docs * args.val_fraction)))
 
     created_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output_dir {out_dir}: cannot create it ({e.strerror or e}); pass another --output_dir") \
+            from None
     outputs, sinks = Outputs(), []
     try:
         if tok is None:
@@ -718,12 +729,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stale = ([] if args.compress else [names["gz"], names["val_gz"]]) + \
             ([] if val else [names["val_bin"], names["val_gz"], names["val_meta"]])
         outputs.commit(metas, stale)
-    except BaseException:
+    except BaseException as e:
         for sink in sinks:
             sink.close(sync=False, quiet=True)
         outputs.discard()
         if created_dir and not any(out_dir.iterdir()):
             out_dir.rmdir()
+        if isinstance(e, OSError) and not (e.filename and Path(e.filename) in files):
+            raise UserError(f"--output_dir {out_dir}: cannot write {names['bin'].name} and the files beside it "
+                            f"({e.strerror or e}); free disk space or choose another --output_dir") from None
         raise
     summarize(args, names, sinks, stats, total_bytes, started, kind)
     return 0

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from common import (UserError, atomic_write_text, cli_main, pick_device, read_json, resolve_checkpoint_dir,
+from common import (ArgParser, UserError, atomic_write_text, cli_main, pick_device, read_json, resolve_checkpoint_dir,
                     sha256_file)
 from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
 from tokenizer import load_tokenizer
@@ -41,7 +41,7 @@ PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--bin_file", required=True, help="token .bin (uint16/uint32, no header)")
     a("--tokenizer_file", required=True, help="the tokenizer JSON the .bin was made with")
@@ -478,7 +478,12 @@ class Trainer:
                     "micro_batch_size": p.micro_batch_size, "dtype": self.plan.dtype, "world_size": self.d.world,
                     "torch_version": torch.__version__, "args": vars(self.args)}
             name = f"step_{p.step:08d}"
-            write_checkpoint(self.ckdir, name, self.raw, self.args.tokenizer_file, ts, meta)
+            try:
+                write_checkpoint(self.ckdir, name, self.raw, self.args.tokenizer_file, ts, meta)
+            except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+                first = (str(e).strip().splitlines() or [""])[0][:160]
+                raise UserError(f"cannot write checkpoint {name} to --checkpoint_dir {self.ckdir}: {first}; free disk "
+                                f"space or pass another --checkpoint_dir (the earlier checkpoints there are intact)") from None
             atomic_write_text(self.ckdir / "latest", name + "\n")
             if best:
                 atomic_write_text(self.ckdir / "best", name + "\n")

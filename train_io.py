@@ -49,6 +49,8 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
         raise UserError(f"--bin_file {path} not found (pass the .bin written by tokenize_local_bpe.py; "
                         f"gunzip the .bin.gz first)")
     size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"--bin_file {path} is empty (0 bytes): regenerate it with tokenize_local_bpe.py from a non-empty corpus")
     if metadata_file is None:
         sibling = path.with_name(path.name[:-4] + "_metadata.json") if path.name.endswith(".bin") else None
         metadata_file = str(sibling) if sibling is not None and sibling.is_file() else None
@@ -366,11 +368,16 @@ def read_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
             raise ValueError(f"{name} is missing or truncated")
         if sha256_file(f) != want["sha256"]:
             raise ValueError(f"{name} is corrupt (sha256 mismatch)")
+    current = "pytorch_model.bin"
     try:
         sd = load_weights_file(folder)
-        ts = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=True)
-    except (UserError, OSError, RuntimeError, ValueError, EOFError) as e:
-        raise ValueError(f"cannot load: {str(e).splitlines()[0][:160]}") from None
+        current = "training_state.pt"
+        ts = torch.load(folder / current, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable state, a code-carrying pickle included
+        reason = str(e).splitlines()[0][:160]
+        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+            reason = "it holds objects other than tensors (refused: loading it could run code)"
+        raise ValueError(f"cannot load {current}: {reason}") from None
     return sd, ts, meta
 
 

@@ -9,7 +9,9 @@ Steps, each its own process (peak RSS is that process's ru_maxrss); 3 and 4 inte
   3. the baseline: raw HF `encode_batch` on all cores, documents in batches of 8 MB, timing only
      the encode calls (no reading, no writing);
   4. our pipeline end to end (read, encode, write .bin and .bin.gz) with --encoder hf and with
-     --encoder tiktoken, reusing the tokenizer of step 1; their .bin files must be identical.
+     --encoder tiktoken, reusing the tokenizer of step 1; their .bin files must be identical;
+  5. (full run) tiktoken on 1 GB: five links to the corpus, for peak RSS at scale;
+  6. (full run) the BPE trainer's peak RSS on 100 MB of heavy-tailed text (the default sample).
 MB/s are of input text (decimal MB); ratios are against step 3 of the same run.
 
 The corpus is cleaner output ("doc<|endoftext|>doc<|endoftext|>..."): ~60% prose from a Zipfian
@@ -23,6 +25,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,6 +116,25 @@ def make_corpus(path: Path, size_mb: float, seed: int = 0) -> None:
     tmp.replace(path)
 
 
+def make_heavy_tailed(path: Path, size_mb: float, seed: int = 0) -> None:
+    """Worst case for the BPE trainer's memory: a Zipf draw over 3M random letter strings, so a
+    100 MB sample holds ~1.4M distinct words (web text of that size has fewer)."""
+    rng = random.Random(seed)
+    lexicon = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 12))) for _ in range(3_000_000)]
+    cum, total = [], 0.0
+    for i in range(len(lexicon)):
+        total += 1.0 / (i + 20)
+        cum.append(total)
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        size = 0
+        while size < size_mb * 1e6:
+            block = " ".join(rng.choices(lexicon, cum_weights=cum, k=50_000)) + "." + EOT
+            f.write(block)
+            size += len(block)
+    tmp.replace(path)
+
+
 # Each measurement runs in its own process and prints one JSON line: {"seconds": .., "rss_mb": ..}.
 _SINGLE = r"""
 import json, resource, sys, time
@@ -185,6 +207,11 @@ def main(argv=None) -> int:
     p.add_argument("--sample", default=None, help="--train_sample_bytes for step 1 (default 40M, quick 10M)")
     p.add_argument("--single_mb", type=int, default=16, help="MB for the single-thread encode (default 16)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each throughput measurement; the best counts")
+    p.add_argument("--big_copies", type=int, default=None,
+                   help="also run tiktoken on this many links to the corpus (default 5 = 1 GB; quick 0)")
+    p.add_argument("--train_rss_mb", type=float, default=None,
+                   help="also train on this many MB of heavy-tailed text, for the trainer's peak RSS "
+                        "(default 100; quick 0)")
     args = p.parse_args(argv)
     size = args.size_mb or (30 if args.quick else 200)
     sample = args.sample or ("10M" if args.quick else "40M")
@@ -218,6 +245,8 @@ def main(argv=None) -> int:
     meta = json.loads((work / "tiktoken" / "tokens_bpe_metadata.json").read_text())
     bin_mb = (work / "tiktoken" / "tokens_bpe.bin").stat().st_size / 1e6
     gz_mb = (work / "tiktoken" / "tokens_bpe.bin.gz").stat().st_size / 1e6
+    for enc in ours:
+        shutil.rmtree(work / enc)
 
     base = mb / batch["seconds"]
     rows = [("single-thread HF `encode` (first %d MB)" % args.single_mb, single["bytes"] / 1e6 / single["seconds"],
@@ -226,6 +255,17 @@ def main(argv=None) -> int:
             ("pipeline `--encoder hf`", mb / ours["hf"]["seconds"], ours["hf"]["rss_mb"], "end to end, .bin + .gz"),
             ("pipeline `--encoder tiktoken`", mb / ours["tiktoken"]["seconds"], ours["tiktoken"]["rss_mb"],
              "end to end, .bin + .gz")]
+    copies = args.big_copies if args.big_copies is not None else (0 if args.quick else 5)
+    if copies:
+        links = []
+        for i in range(copies):  # distinct names: the CLI reads each as its own file
+            links.append(work / f"corpus_{i}.txt")
+            links[-1].symlink_to(corpus)
+        big = cli(["--input", *map(str, links), "--tokenizer", tok, "--compress", "--output_dir", str(work / "big"),
+                   "--encoder", "tiktoken"], f"pipeline --encoder tiktoken on {copies} x {mb:.0f} MB")
+        shutil.rmtree(work / "big")
+        rows.append((f"pipeline `--encoder tiktoken`, {copies * mb / 1e3:.1f} GB ({copies} inputs)",
+                     copies * mb / big["seconds"], big["rss_mb"], "end to end, .bin + .gz"))
     lines = ["| what | MB/s | vs encode_batch | peak RSS MB | 12 GB takes | measures |", "|---|---|---|---|---|---|"]
     for name, rate, rss, what in rows:
         lines.append(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {rss:,.0f} | {12e3 / rate / 60:.0f} min | {what} |")
@@ -233,13 +273,30 @@ def main(argv=None) -> int:
     notes = [f"Corpus: {mb:,.0f} MB generated ({meta['num_documents']:,} documents), {meta['num_tokens']:,} tokens "
              f"(vocabulary {meta['vocab_size']:,}, {meta['dtype']}): .bin {bin_mb:,.0f} MB, .bin.gz {gz_mb:,.0f} MB "
              f"(gzip level 1).",
-             f"BPE training on a {sample} sample (the CLI's step before encoding; its run also encoded the corpus "
-             f"with tiktoken, without .gz): {train_line.removeprefix('trained in ').split(':')[0]}, peak RSS "
+             f"BPE training on a {sample} sample of it (the CLI's step before encoding; that run also encoded the "
+             f"corpus with tiktoken, without .gz): {train_line.removeprefix('trained in ').split(':')[0]}, peak RSS "
              f"{train['rss_mb']:,.0f} MB for the whole run.",
              f"`--encoder hf` and `--encoder tiktoken` wrote identical .bin files: {same}.",
              f"Best of {args.repeat} interleaved runs each (the 2 cores are shared with other work); pipeline "
-             f"times are the whole command: start-up, tokenizer load and the tiktoken conversion check included.",
-             f"Bench wall time {time.time() - started:.0f}s."]
+             f"times are the whole command: start-up, tokenizer load and the tiktoken conversion check included."]
+    heavy_mb = args.train_rss_mb if args.train_rss_mb is not None else (0 if args.quick else 100)
+    if heavy_mb:
+        heavy = Path(tempfile.gettempdir()) / f"bench_tokenize_heavy_{heavy_mb:g}MB.txt"
+        if not heavy.exists():
+            print(f"[bench] generating {heavy} ...", file=sys.stderr, flush=True)
+            make_heavy_tailed(heavy, heavy_mb)
+        text = heavy.read_text(encoding="utf-8")
+        distinct = len(set(text.replace(EOT, " ").split()))
+        del text
+        rss = cli(["--input", str(heavy), "--vocab_size", "32000", "--train_sample_bytes", f"{heavy_mb:g}M",
+                   "--output_dir", str(work / "heavy")], f"train 32k BPE on {heavy_mb:g} MB heavy-tailed text")
+        line = next(ln for ln in rss["log"].splitlines() if ln.startswith("trained in"))
+        notes.append(f"BPE trainer memory, worst case: {heavy_mb:g} MB of heavy-tailed text with {distinct:,} distinct "
+                     f"words (Zipf over 3M random strings; the default --train_sample_bytes is 100M): trained in "
+                     f"{line.removeprefix('trained in ').split(':')[0]}, peak RSS {rss['rss_mb']:,.0f} MB for the "
+                     f"whole run (~{rss['rss_mb'] * 1024 / distinct:.1f} KB per distinct word).")
+    notes.append(f"Bench wall time {time.time() - started:.0f}s.")
+    shutil.rmtree(work)
     table = "\n".join(lines)
     print(table)
     print("\n".join(notes))

@@ -76,6 +76,8 @@ def test_bpe_iter_decode_never_splits_a_character(bpe):
     pieces = list(bpe.iter_decode(bpe.encode(NASTY)))
     assert "".join(pieces) == NASTY
     assert all("\ufffd" not in p for p in pieces)
+    partial = bpe.encode("ok ") + bpe.encode("東京")[:1]
+    assert "".join(bpe.iter_decode(partial)) == bpe.decode(partial)  # the tail is flushed, not lost
 
 
 def test_char_round_trip_and_policy(tmp_path):
