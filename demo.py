@@ -25,7 +25,6 @@ trainer's own `--resume auto`; changing the training settings starts it afresh.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os

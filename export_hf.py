@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from common import ArgParser, UserError, cli_main, resolve_checkpoint_dir
+from common import ArgParser, UserError, atomic_dir, cli_main, resolve_checkpoint_dir
 from model import GPTConfig, TransformerLanguageModel, unwrap_model
 from tokenizer import CHAT_SPECIAL_TOKENS, EOT_TOKEN, load_tokenizer
 
@@ -183,32 +181,18 @@ def write_folder_atomically(out_dir: str | os.PathLike, files: dict[str, str | b
                             write_more: Callable[[Path], object] | None = None) -> Path:
     """Build the folder as a temporary sibling, then rename it into place (replacing an old one)."""
     out_dir = Path(out_dir)
-    tmp = None
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: give it a normal folder's mode
-        for name, data in files.items():
-            (tmp / name).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        if write_more is not None:
-            write_more(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException as err:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, Exception) and not isinstance(err, UserError):
-            first = (str(err).strip().splitlines() or [""])[0][:160]
-            raise UserError(f"cannot write --out_dir {out_dir}: {first}; free disk space or choose another "
-                            f"--out_dir") from None
+        with atomic_dir(out_dir) as tmp:
+            for name, data in files.items():
+                (tmp / name).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+            if write_more is not None:
+                write_more(tmp)
+    except UserError:
         raise
+    except Exception as err:  # a full disk, a path under a file, a safetensors I/O error ...
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"cannot write --out_dir {out_dir}: {first}; free disk space or choose another "
+                        f"--out_dir") from None
     return out_dir
 
 

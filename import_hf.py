@@ -12,7 +12,6 @@ run code is refused. Needs no `transformers`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from common import UserError, read_json, resolve_checkpoint_dir
+from common import UserError, atomic_dir, read_json, resolve_checkpoint_dir
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -361,25 +361,12 @@ class TransformerLanguageModel(nn.Module):
         """Write save_dir/{config.json, pytorch_model.bin[, tokenizer.json]} as a whole: built in a
         temporary sibling folder, then renamed, so a crash never leaves a half folder."""
         import shutil
-        import tempfile
 
-        save_dir = Path(save_dir)
-        save_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{save_dir.name}-", dir=save_dir.parent))
-        try:
+        with atomic_dir(save_dir) as tmp:
             self.write_weights(tmp)
             if tokenizer_file is not None:
                 shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-            if save_dir.exists():
-                old = save_dir.with_name(f".old-{save_dir.name}-{os.getpid()}")
-                os.replace(save_dir, old)
-                os.replace(tmp, save_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, save_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        save_dir = Path(save_dir)
         return save_dir
 
     @classmethod

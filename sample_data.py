@@ -26,7 +26,6 @@ Same arguments, same bytes: everything comes from `random.Random` seeded from --
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html
 import json

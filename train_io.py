@@ -8,7 +8,6 @@ target shares with the next window's first input) and each is visited exactly on
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import queue
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import UserError, atomic_write_json, read_json, sha256_file
+from common import UserError, atomic_dir, atomic_write_json, read_json, sha256_file
 from model import load_weights_file, unwrap_model
 
 IGNORE_INDEX = -100
@@ -403,17 +402,11 @@ def find_checkpoint(ckdir: Path, say) -> tuple[Path, dict, dict, dict] | None:
 def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_file: str,
                      training_state: dict, trainer_state: dict) -> Path:
     """Build ckdir/.tmp-NAME-PID, then rename it to ckdir/NAME: never a half folder."""
-    final, tmp = ckdir / name, ckdir / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    final = ckdir / name
+    with atomic_dir(final, tmp=ckdir / f".tmp-{name}-{os.getpid()}") as tmp:
         # weights as CPU tensors (a GPU-trained checkpoint must load on a CPU: the seed's torch.load
         # has no map_location); tensors shared by tied embeddings stay shared
-        raw = unwrap_model(model)
-        cpu: dict[int, torch.Tensor] = {}
-        sd = {k: cpu.setdefault(v.data_ptr(), v.detach().cpu()) for k, v in raw.state_dict().items()}
-        torch.save(sd, tmp / "pytorch_model.bin")
-        (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(raw.config), indent=2) + "\n")
+        unwrap_model(model).write_weights(tmp)
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
         torch.save(training_state, tmp / "training_state.pt")
         files = {}
@@ -422,16 +415,6 @@ def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_f
                 os.fsync(fh.fileno())
             files[f] = {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
         atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "files": files})
-        if final.exists():
-            old = ckdir / f".old-{name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
