@@ -41,14 +41,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import sha256_file  # noqa: E402
-from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
+from char_data import write_char_dataset  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if k != "GPT_DEBUG"} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
@@ -66,17 +64,6 @@ FIX_VERB = (r"\b(use|pass|pick|choose|drop|remove|delete|regenerate|re-create|ch
 
 
 # ---------------------------------------------------------------------------- the data every row uses
-
-def char_dataset(folder: Path, text: str, name: str) -> tuple[Path, Path, Path]:
-    tok = CharTokenizer.from_text(text, special_tokens=special_tokens_for(chat=True))
-    tok.save(folder / f"{name}_tok.json")
-    ids = np.array(tok.encode(text), dtype=np.uint16)
-    ids.tofile(folder / f"{name}.bin")
-    meta = {"format_version": 1, "dtype": "uint16", "num_tokens": int(ids.size), "vocab_size": tok.vocab_size,
-            "eot_token_id": 0, "tokenizer_sha256": sha256_file(folder / f"{name}_tok.json")}
-    (folder / f"{name}_metadata.json").write_text(json.dumps(meta))
-    return folder / f"{name}.bin", folder / f"{name}_tok.json", folder / f"{name}_metadata.json"
-
 
 def copy_ckpt(src: Path, dst: Path, **config_changes) -> Path:
     shutil.copytree(src, dst)
@@ -99,8 +86,9 @@ def w(tmp_path_factory) -> SimpleNamespace:
     text = "".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(300))
     (d / "corpus.txt").write_text(text)
     (d / "big.txt").write_text("".join(" ".join(rng.choice(WORDS) for _ in range(15)) + f" {i}\n" for i in range(6000)))
-    bin_, tok, meta = char_dataset(d, text, "data")
-    _, other_tok, _ = char_dataset(d, "completely different words: XYZ 0123456789!", "other")
+    main_set = write_char_dataset(d, text, "data")
+    bin_, tok, meta = main_set["bin"], main_set["tok"], main_set["meta"]
+    other_tok = write_char_dataset(d, "completely different words: XYZ 0123456789!", "other")["tok"]
     raw = bin_.read_bytes()
     (d / "short.bin").write_bytes(raw[:1001])
     shutil.copy(meta, d / "short_metadata.json")  # says 17,929 tokens; the .bin holds 500.5

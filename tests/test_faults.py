@@ -32,7 +32,8 @@ import train_colab_mmap as tcm  # noqa: E402
 import train_io  # noqa: E402
 from common import UserError, sha256_file  # noqa: E402
 from model import TransformerLanguageModel  # noqa: E402
-from tokenizer import CharTokenizer, load_tokenizer, special_tokens_for  # noqa: E402
+from tokenizer import load_tokenizer  # noqa: E402
+from char_data import write_char_dataset  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if k != "GPT_DEBUG"} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
@@ -73,15 +74,9 @@ def data(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("data")
     rng = random.Random(0)
     text = "".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(300))
-    tok = CharTokenizer.from_text(text, special_tokens=special_tokens_for(chat=True))
-    tok.save(d / "tok.json")
-    ids = np.array(tok.encode(text), dtype=np.uint16)
-    ids.tofile(d / "data.bin")
-    meta = {"format_version": 1, "dtype": "uint16", "num_tokens": int(ids.size), "vocab_size": tok.vocab_size,
-            "eot_token_id": 0, "tokenizer_sha256": sha256_file(d / "tok.json")}
-    (d / "data_metadata.json").write_text(json.dumps(meta))
-    return {"dir": d, "args": ["--bin_file", str(d / "data.bin"), "--tokenizer_file", str(d / "tok.json"),
-                               "--metadata_file", str(d / "data_metadata.json")]}
+    files = write_char_dataset(d, text)
+    return {"dir": d, "args": ["--bin_file", str(files["bin"]), "--tokenizer_file", str(files["tok"]),
+                               "--metadata_file", str(files["meta"])]}
 
 
 @pytest.fixture(scope="module")

@@ -22,28 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train_colab_mmap as tcm  # noqa: E402
-from common import UserError, sha256_file  # noqa: E402
+from common import UserError  # noqa: E402
 from model import TransformerLanguageModel  # noqa: E402
-from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
-from train_io import epoch_permutation, make_batch, TokenSource, TokenFile, AssistantMask  # noqa: E402
+from char_data import write_char_dataset  # noqa: E402
+from train_io import epoch_permutation  # noqa: E402
 
 SMALL = ["--device", "cpu", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
          "--dtype", "fp32", "--compile", "off", "--lr", "3e-3", "--seed", "0", "--log_every_steps", "1",
          "--eval_every_steps", "0", "--save_every_steps", "0", "--save_every_minutes", "0", "--keep_last", "0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
-
-
-def write_dataset(folder: Path, text: str, name: str = "data") -> dict:
-    tok = CharTokenizer.from_text(text, special_tokens=special_tokens_for(chat=True))
-    tok.save(folder / f"{name}_tok.json")
-    ids = np.array(tok.encode(text), dtype=np.uint16)
-    ids.tofile(folder / f"{name}.bin")
-    meta = {"format_version": 1, "dtype": "uint16", "num_tokens": int(ids.size), "vocab_size": tok.vocab_size,
-            "eot_token_id": 0, "tokenizer_sha256": sha256_file(folder / f"{name}_tok.json")}
-    (folder / f"{name}_metadata.json").write_text(json.dumps(meta))
-    return {"bin": folder / f"{name}.bin", "tok": folder / f"{name}_tok.json", "meta": folder / f"{name}_metadata.json",
-            "ids": ids, "tokenizer": tok}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,7 +46,7 @@ def one_thread():
 def data(tmp_path_factory) -> dict:
     rng = random.Random(0)
     text = "".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(1500))
-    return write_dataset(tmp_path_factory.mktemp("data"), text)
+    return write_char_dataset(tmp_path_factory.mktemp("data"), text)
 
 
 def data_args(d: dict) -> list[str]:
@@ -289,7 +277,7 @@ def chat(tmp_path_factory) -> dict:
                         f"<|assistant|>{' '.join(rng.choice(WORDS) for _ in range(rng.randint(1, 6)))}\n"
                         for _ in range(rng.randint(1, 3)))
         docs.append(("<|system|>be brief\n" if rng.random() < 0.3 else "") + turns + "<|endoftext|>")
-    return write_dataset(tmp_path_factory.mktemp("chat"), "".join(docs), "chat")
+    return write_char_dataset(tmp_path_factory.mktemp("chat"), "".join(docs), "chat")
 
 
 @pytest.mark.parametrize("chunk", ["0", "16"])

@@ -1,0 +1,25 @@
+"""Test helper shared by the trainer, fault and bad-input tests: a character-level token file set
+(.bin + tokenizer + metadata, as tokenize_local_bpe.py writes them) made from a given text."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common import sha256_file
+from tokenizer import CharTokenizer, special_tokens_for
+
+
+def write_char_dataset(folder: Path, text: str, name: str = "data") -> dict:
+    """Write folder/{name}.bin, {name}_tok.json, {name}_metadata.json; return their paths, the ids
+    and the tokenizer."""
+    tok = CharTokenizer.from_text(text, special_tokens=special_tokens_for(chat=True))
+    tok.save(folder / f"{name}_tok.json")
+    ids = np.array(tok.encode(text), dtype=np.uint16)
+    ids.tofile(folder / f"{name}.bin")
+    meta = {"format_version": 1, "dtype": "uint16", "num_tokens": int(ids.size), "vocab_size": tok.vocab_size,
+            "eot_token_id": 0, "tokenizer_sha256": sha256_file(folder / f"{name}_tok.json")}
+    (folder / f"{name}_metadata.json").write_text(json.dumps(meta))
+    return {"bin": folder / f"{name}.bin", "tok": folder / f"{name}_tok.json", "meta": folder / f"{name}_metadata.json",
+            "ids": ids, "tokenizer": tok}
