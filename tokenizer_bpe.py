@@ -392,21 +392,3 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def iter_decode(self, ids: Iterable[int]) -> Iterator[str]:
-        """Decode a stream of ids into text pieces that never split a UTF-8 character."""
-        buffer: list[int] = []
-        emitted = ""
-        for i in ids:
-            buffer.append(int(i))
-            text = self.decode(buffer)
-            if text.endswith("\ufffd"):
-                continue  # an incomplete multi-byte character: wait for its next byte(s)
-            yield text[len(emitted):]
-            emitted = text
-            if len(buffer) > 64:
-                buffer, emitted = [], ""
-        if buffer:  # the stream ended inside an invalid or incomplete character: flush it as U+FFFD
-            rest = self.decode(buffer)[len(emitted):]
-            if rest:
-                yield rest

@@ -72,14 +72,6 @@ def test_bpe_vocab_too_small_is_clear():
         BPETokenizer().train(["abc"], vocab_size=100, special_tokens=special_tokens_for(chat=True))
 
 
-def test_bpe_iter_decode_never_splits_a_character(bpe):
-    pieces = list(bpe.iter_decode(bpe.encode(NASTY)))
-    assert "".join(pieces) == NASTY
-    assert all("\ufffd" not in p for p in pieces)
-    partial = bpe.encode("ok ") + bpe.encode("東京")[:1]
-    assert "".join(bpe.iter_decode(partial)) == bpe.decode(partial)  # the tail is flushed, not lost
-
-
 def test_char_round_trip_and_policy(tmp_path):
     tok = CharTokenizer.from_text(NASTY + "<|user|><|assistant|>", special_tokens_for(chat=True))
     assert tok.decode(tok.encode(NASTY)) == NASTY
