@@ -47,8 +47,7 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     except Exception as e:  # noqa: BLE001 - last line of defence for the CLI
         if debug:
             raise
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {first_line(e, 300)} (rerun with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)
 
@@ -60,7 +59,19 @@ class ArgParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most `limit` characters: enough for a one-line error."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 # ---------------------------------------------------------------------------- atomic writes
+
+def _give_default_mode(path: Path, base: int) -> None:
+    """The mode a plain open()/mkdir() would have given under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, base & ~mask)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -75,9 +86,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        mask = os.umask(0)  # mkstemp makes 0600 files; give the result the usual permissions
-        os.umask(mask)
-        os.chmod(tmp_path, 0o666 & ~mask)
+        _give_default_mode(tmp_path, 0o666)  # mkstemp makes 0600 files
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -93,9 +102,7 @@ def atomic_dir(final: str | os.PathLike, tmp: str | os.PathLike | None = None) -
     final.parent.mkdir(parents=True, exist_ok=True)
     if tmp is None:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700: give it a normal folder's mode
+        _give_default_mode(tmp, 0o777)  # mkdtemp makes it 0700
     else:
         tmp = Path(tmp)
         shutil.rmtree(tmp, ignore_errors=True)

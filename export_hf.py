@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from common import ArgParser, UserError, atomic_dir, cli_main, resolve_checkpoint_dir
+from common import ArgParser, UserError, atomic_dir, cli_main, first_line, resolve_checkpoint_dir
 from model import GPTConfig, TransformerLanguageModel, unwrap_model
 from tokenizer import CHAT_SPECIAL_TOKENS, EOT_TOKEN, load_tokenizer
 
@@ -190,8 +190,7 @@ def write_folder_atomically(out_dir: str | os.PathLike, files: dict[str, str | b
     except UserError:
         raise
     except Exception as err:  # a full disk, a path under a file, a safetensors I/O error ...
-        first = (str(err).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"cannot write --out_dir {out_dir}: {first}; free disk space or choose another "
+        raise UserError(f"cannot write --out_dir {out_dir}: {first_line(err, 160)}; free disk space or choose another "
                         f"--out_dir") from None
     return out_dir
 

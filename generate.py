@@ -430,8 +430,6 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 
 def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device | None = None):
     """(model, tokenizer) from a checkpoint folder: D/latest when it exists, else D with config.json.
     The model is in eval mode on `device` (default: cuda > mps > cpu)."""
-    import json
-
     from tokenizer import load_tokenizer
 
     folder = resolve_checkpoint_dir(checkpoint_dir)
@@ -441,12 +439,7 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device | Non
                         f"(copy the tokenizer JSON there as tokenizer.json)")
     tokenizer = load_tokenizer(tok_path)
     dev = pick_device(None if device is None else str(device))
-    try:
-        model = TransformerLanguageModel.from_pretrained(folder)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{folder / 'config.json'} is not valid JSON ({e}); use an earlier checkpoint") from None
-    except RuntimeError as e:  # state_dict shapes that do not match config.json
-        raise UserError(f"weights in {folder} do not match its config.json: {str(e).splitlines()[0][:200]}") from None
+    model = TransformerLanguageModel.from_pretrained(folder)  # bad JSON or mismatched weights: one-line UserError
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"{tok_path} has {tokenizer.vocab_size} tokens but the model in {folder} has "
                         f"vocab_size {model.config.vocab_size}: the tokenizer is not the one this model was "

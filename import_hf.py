@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from common import ArgParser, UserError, cli_main, read_json
+from common import ArgParser, UserError, cli_main, first_line, read_json
 from export_hf import check_replaceable, is_conv1d_key, write_folder_atomically
 from model import GPTConfig, TransformerLanguageModel
 
@@ -81,7 +81,7 @@ def _load_one(path: Path) -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"cannot load {path} with weights_only=True: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]} (corrupt, or a pickle that is not a plain state_dict)") from None
+                        f"{first_line(e)} (corrupt, or a pickle that is not a plain state_dict)") from None
 
 
 def load_hf_weights(folder: Path) -> dict[str, torch.Tensor]:

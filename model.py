@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from common import UserError, atomic_dir, read_json, resolve_checkpoint_dir
+from common import UserError, atomic_dir, first_line, read_json, resolve_checkpoint_dir
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -389,7 +389,7 @@ class TransformerLanguageModel(nn.Module):
             model.load_state_dict(load_weights_file(folder))
         except RuntimeError as e:
             detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln
-                           or "Unexpected" in ln), str(e).splitlines()[0])
+                           or "Unexpected" in ln), first_line(e))
             raise UserError(f"weights in {folder} do not match {folder / CONFIG_NAME} ({detail[:200]}); "
                             f"use the config.json saved with these weights") from None
         return model
@@ -403,7 +403,7 @@ def load_weights_file(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return torch.load(bin_path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated zip, foreign pickle, ...
-            raise UserError(f"cannot load {bin_path}: {type(e).__name__}: {str(e).splitlines()[0][:200]} "
+            raise UserError(f"cannot load {bin_path}: {type(e).__name__}: {first_line(e)} "
                             f"(the file is truncated, corrupt or not a plain state_dict; use an earlier checkpoint)") from None
     if st_path.is_file():
         try:

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from common import (ArgParser, UserError, atomic_write_text, cli_main, pick_device, read_json, resolve_checkpoint_dir,
-                    sha256_file)
+from common import (ArgParser, UserError, atomic_write_text, cli_main, first_line, pick_device, read_json,
+                    resolve_checkpoint_dir, sha256_file)
 from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
 from tokenizer import load_tokenizer
 from train_io import (AssistantMask, BatchStream, TokenSource, assistant_mask_for, capture_rng, check_token_files,
@@ -333,7 +333,7 @@ class Trainer:
             except Exception as e:  # noqa: BLE001 - sorted below; only a string is kept, so the
                 if not (is_oom(e) or not self.compiled_ok):  # failed step's tensors can be freed
                     raise
-                compile_failure = "" if is_oom(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                compile_failure = "" if is_oom(e) else f"{type(e).__name__}: {first_line(e)}"
             self._free()
             restore_rng(rng, self.device)
             if compile_failure:
@@ -481,8 +481,8 @@ class Trainer:
             try:
                 write_checkpoint(self.ckdir, name, self.raw, self.args.tokenizer_file, ts, meta)
             except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-                first = (str(e).strip().splitlines() or [""])[0][:160]
-                raise UserError(f"cannot write checkpoint {name} to --checkpoint_dir {self.ckdir}: {first}; free disk "
+                raise UserError(f"cannot write checkpoint {name} to --checkpoint_dir {self.ckdir}: "
+                                f"{first_line(e, 160)}; free disk "
                                 f"space or pass another --checkpoint_dir (the earlier checkpoints there are intact)") from None
             atomic_write_text(self.ckdir / "latest", name + "\n")
             if best:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import UserError, atomic_dir, atomic_write_json, read_json, sha256_file
+from common import UserError, atomic_dir, atomic_write_json, first_line, read_json, sha256_file
 from model import load_weights_file, unwrap_model
 
 IGNORE_INDEX = -100
@@ -373,7 +373,7 @@ def read_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
         current = "training_state.pt"
         ts = torch.load(folder / current, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable state, a code-carrying pickle included
-        reason = str(e).splitlines()[0][:160]
+        reason = first_line(e, 160)
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
             reason = "it holds objects other than tensors (refused: loading it could run code)"
         raise ValueError(f"cannot load {current}: {reason}") from None
