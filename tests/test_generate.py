@@ -122,6 +122,41 @@ def test_greedy_cache_equals_no_cache():
     assert torch.equal(generate(model, prompts[0], 24, temperature=0, eos_ids=()), out[0])  # 1-D in, 1-D out
 
 
+def test_cpu_head_copy_follows_weight_changes_and_dies_with_the_model():
+    """Decoding 1-3 rows on the CPU multiplies by a cached transposed copy of the head: its logits
+    match lm_head's, and any change of the weights (optimizer step, .data copy that leaves the
+    version counter alone, a new tensor) is picked up; the copy goes when the model does."""
+    import gc
+    import generate as G
+
+    model = random_model(40)
+    prompt = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        hidden = model.hidden_states(prompt)
+        full = model.lm_head(hidden[:, -1])[:, :40]  # the head has padded rows
+        assert torch.allclose(G._head_logits(model, hidden, 40), full, atol=1e-5)
+        assert torch.allclose(G._head_logits(model, hidden, 33), full[:, :33], atol=1e-5)  # vocab_limit
+    assert model in G._head_copies
+    changes = [
+        lambda: torch.optim.SGD(model.parameters(), lr=0.5).step(),  # in place: version bump
+        lambda: model.lm_head.weight.data.copy_(torch.randn_like(model.lm_head.weight) * 30),  # .data: no version bump
+        lambda: setattr(model.lm_head.weight, "data", torch.randn_like(model.lm_head.weight) * 30),  # new storage
+    ]
+    for change in changes:
+        before = generate(model, prompt, 16, temperature=0, eos_ids=())
+        if change is changes[0]:
+            model.zero_grad()
+            model(prompt, targets=prompt)[1].backward()
+        change()
+        after = generate(model, prompt, 16, temperature=0, eos_ids=())
+        assert after[0].tolist() == greedy_reference(model, prompt[0].tolist(), 16, 32)
+        assert not torch.equal(before, after)  # the change mattered, so a stale copy would fail above
+    n = len(G._head_copies)
+    del model, changes
+    gc.collect()
+    assert len(G._head_copies) == n - 1
+
+
 def test_generation_past_block_size_slides_the_window():
     model = random_model(40, block_size=16)
     torch.manual_seed(2)
