@@ -13,6 +13,7 @@ import os
 import queue
 import random
 import shutil
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
             raise UserError(f"--bin_file {path} has {size} bytes, not a whole number of {dtype.name} tokens; "
                             f"pass its --metadata_file")
         print(f"note: no --metadata_file; reading {path.name} as {dtype.name} (from the tokenizer's vocabulary "
-              f"of {tok_vocab}) without checking it against the tokenizer", flush=True)
+              f"of {tok_vocab}) without checking it against the tokenizer", file=sys.stderr, flush=True)
         return TokenFile(path, dtype, size // dtype.itemsize)
 
     meta = read_json(metadata_file, "--metadata_file")

@@ -26,6 +26,7 @@ from common import UserError  # noqa: E402
 from model import TransformerLanguageModel  # noqa: E402
 from char_data import write_char_dataset  # noqa: E402
 from train_io import epoch_permutation  # noqa: E402
+from trainer import lr_at  # noqa: E402
 
 SMALL = ["--device", "cpu", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
          "--dtype", "fp32", "--compile", "off", "--lr", "3e-3", "--seed", "0", "--log_every_steps", "1",
@@ -256,7 +257,7 @@ def test_nan_steps_are_skipped_then_rolled_back_with_lower_lr(data, tmp_path, mo
     ts = torch.load(ck / "step_00000012" / "training_state.pt", weights_only=True)["progress"]
     assert (ts["nan_skipped"], ts["rollbacks"], ts["lr_scale"]) == (3, 1, 0.5)
     lr = {r["step"]: r["lr"] for r in recs if "lr" in r}
-    sched = tcm.lr_at(6, 12, 0, 3e-3, 3e-4)  # warmup 0: 12 // 20
+    sched = lr_at(6, 12, 0, 3e-3, 3e-4)  # warmup 0: 12 // 20
     assert lr[7] == pytest.approx(0.5 * sched)
 
 

@@ -21,6 +21,7 @@ from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from train_io import (AssistantMask, BatchStream, TokenFile, TokenSource, check_token_files, choose_data_mode,  # noqa: E402
                       epoch_permutation, find_checkpoint, list_checkpoints, make_batch, prune_checkpoints,
                       read_checkpoint, recover_interrupted_saves, write_checkpoint)
+from trainer import is_oom, lr_at, peak_flops  # noqa: E402
 
 EOT, USER, ASSIST, SYSTEM = 0, 1, 2, 3
 # pos:    0       1   2     3   4   5       6   7   8     9   10      11  12   13    14  15      16  17  18   19  20
@@ -111,7 +112,7 @@ def test_epoch_windows_are_a_seeded_permutation_shared_by_ranks(tmp_path):
     s.close()
 
 
-def test_check_token_files(tmp_path):
+def test_check_token_files(tmp_path, capsys):
     tok = tmp_path / "tok.json"
     tok.write_text('{"type": "char"}')
     bin_ = tmp_path / "x.bin"
@@ -120,6 +121,12 @@ def test_check_token_files(tmp_path):
     (tmp_path / "x_metadata.json").write_text(json.dumps(meta))
     tf = check_token_files(str(bin_), None, str(tok), 120)  # the metadata beside the .bin is found
     assert (tf.num_tokens, tf.dtype) == (100, np.dtype(np.uint16))
+    assert capsys.readouterr() == ("", "")
+    (tmp_path / "x_metadata.json").rename(tmp_path / "elsewhere.json")  # none: dtype from the vocabulary, a note on stderr
+    tf = check_token_files(str(bin_), None, str(tok), 120)
+    assert (tf.num_tokens, tf.dtype) == (100, np.dtype(np.uint16))
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("note: no --metadata_file; reading x.bin as uint16")
     (tmp_path / "m.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "dtype"}))
     with pytest.raises(UserError, match=r"lacks \['dtype'\]"):
         check_token_files(str(bin_), str(tmp_path / "m.json"), str(tok), 120)
@@ -200,7 +207,7 @@ def test_recover_interrupted_saves(tmp_path):
 # ---------------------------------------------------------------------------- trainer helpers
 
 def test_lr_schedule_warmup_then_cosine_to_min_lr():
-    lrs = [tcm.lr_at(s, 100, 10, 1e-3, 1e-4) for s in range(100)]
+    lrs = [lr_at(s, 100, 10, 1e-3, 1e-4) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert lrs[55] == pytest.approx(5.5e-4) and lrs[-1] == pytest.approx(1e-4, rel=1e-2)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
@@ -211,5 +218,5 @@ def test_cpu_dtype_choice_checks_for_native_bf16():
     assert tcm.choose_dtype("auto", cpu, 128)[0] == "fp32"  # too narrow to gain
     assert tcm.choose_dtype("auto", cpu, 768)[0] == ("bf16" if tcm.cpu_has_native_bf16() else "fp32")
     assert tcm.choose_dtype("fp16", cpu, 64) == ("fp16", "asked for")
-    assert tcm.peak_flops(cpu) is None
-    assert tcm.is_oom(torch.OutOfMemoryError("CUDA out of memory")) and not tcm.is_oom(RuntimeError("shape"))
+    assert peak_flops(cpu) is None
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory")) and not is_oom(RuntimeError("shape"))
