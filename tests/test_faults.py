@@ -266,6 +266,8 @@ def test_sigkill_during_tokenization_leaves_nothing_that_looks_complete(big_corp
     assert p.returncode == 0, p.stderr[-2000:]
     meta = check_complete(out)
     assert meta["num_documents"] == 160_000
+    assert not any(q.name.startswith(".tmp-") for q in out.iterdir())  # the rerun removed the killed run's temps
+    assert "removed stale temp file" in p.stderr
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import corpus_stream
+import token_writer
 import tokenize_local_bpe as T
 from tokenizer import EOT_TOKEN, CharTokenizer, load_tokenizer
 
@@ -112,9 +114,13 @@ def test_several_inputs_globs_and_plain_text_documents(trained, tmp_path):
 def test_long_documents_are_cut_where_ids_do_not_change(trained, tmp_path, monkeypatch, capsys):
     """In-process with tiny limits: a 300 kB document is encoded in many pieces; the ids equal
     those of encoding it whole, special tokens and whitespace runs included."""
-    monkeypatch.setattr(T, "MAX_CARRY_CHARS", 20_000)
-    monkeypatch.setattr(T, "BLOCK_BYTES", 7_000)
+    monkeypatch.setattr(corpus_stream, "MAX_CARRY_CHARS", 20_000)
+    monkeypatch.setattr(corpus_stream, "BLOCK_BYTES", 7_000)
     monkeypatch.setattr(T, "SEGMENT_CHARS", dict.fromkeys(T.SEGMENT_CHARS, 3_000))
+    buffers = []  # the text the reader holds per block: bounded by the limits above, not the document
+    whole_block = corpus_stream.DocumentReader._block
+    monkeypatch.setattr(corpus_stream.DocumentReader, "_block",
+                        lambda self, buf, end, nbytes: buffers.append(len(buf)) or whole_block(self, buf, end, nbytes))
     rng = random.Random(5)
     parts = ["word", "wörd", "東京", "x1", "'s", "don't", "!!", "<|user|>", "<|endoftext", "🙂", "12345", "\u3000"]
     spaces = [" ", "  ", "\n", "\r\n", "\t", " \n ", "    \r\n"]
@@ -128,6 +134,7 @@ def test_long_documents_are_cut_where_ids_do_not_change(trained, tmp_path, monke
         tok.set_encoder("hf")
         ids = np.fromfile(out / "tokens_bpe.bin", dtype=np.uint16).tolist()
         assert ids == tok.encode(text + EOT_TOKEN)
+    assert len(buffers) > 40 and max(buffers) < 30_000, max(buffers)
     assert "cut arbitrarily" not in capsys.readouterr().err
 
 
@@ -218,7 +225,7 @@ def test_interrupted_run_leaves_previous_outputs_and_no_temp_files(trained, tmp_
     for name in SEED_FILES:
         (out / name).write_bytes(b"previous")
     write(tmp_path / "in.txt", cleaned_text(3000))
-    monkeypatch.setattr(T, "BLOCK_BYTES", 50_000)
+    monkeypatch.setattr(corpus_stream, "BLOCK_BYTES", 50_000)
     calls = []
 
     def interrupted(self, ids):  # Ctrl-C while the second block is being written
@@ -226,12 +233,64 @@ def test_interrupted_run_leaves_previous_outputs_and_no_temp_files(trained, tmp_
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(T.Sink, "write", interrupted)
+    monkeypatch.setattr(token_writer.Sink, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
                 "--compress", "--output_dir", str(out)])
     assert len(calls) == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {n: b"previous" for n in SEED_FILES}
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed_and_nothing_else(trained, tmp_path):
+    """What a SIGKILLed run leaves (mkstemp names: .tmp-NAME. + 8 characters) goes on the next run into
+    the folder; look-alikes that are not temporaries of this run's own outputs stay."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [".tmp-tokens_bpe.bin.k2x_9qaz", ".tmp-tokens_bpe.bin.gz.0abcdefg", ".tmp-bpe_tokenizer.json.zz81mmq0",
+             ".tmp-tokens_bpe_metadata.json.a1b2c3d4", ".tmp-tokens_bpe_val.bin.qqqqqqqq"]
+    foreign = [".tmp-tokens_bpe.bin.keep", ".tmp-tokens_bpe.bin.k2x_9qaz1", ".tmp-tokens_bpe.bin.k2x_9qaz.txt",
+               ".tmp-tokens_bpe2.bin.k2x_9qaz", ".tmp-my_tokens.bin.k2x_9qaz", "tmp-tokens_bpe.bin.k2x_9qaz",
+               ".tmp-tokens_bpe.bin-k2x_9qaz", ".tmp-tokens_bpe.bin.K2X_9QAZ"]
+    hour_ago = time.time() - 3600
+    for name in stale + foreign:
+        (out / name).write_bytes(b"partial ids")
+        os.utime(out / name, (hour_ago, hour_ago))
+    (out / ".tmp-tokens_bpe.bin.dir00000").mkdir()  # a folder is never ours to remove
+    write(tmp_path / "in.txt", cleaned_text(30))
+    r = run(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
+             "--compress", "--output_dir", str(out)])
+    assert r.returncode == 0, r.stderr
+    removed = sorted(ln for ln in r.stderr.splitlines() if ln.startswith("removed stale temp file"))
+    assert removed == sorted(f"removed stale temp file {out / n} from an interrupted run" for n in stale)
+    assert {p.name for p in out.iterdir()} == SEED_FILES | set(foreign) | {".tmp-tokens_bpe.bin.dir00000"}
+    assert all((out / n).read_bytes() == b"partial ids" for n in foreign)
+    assert decode_bin(out) == (tmp_path / "in.txt").read_bytes().decode()
+
+
+def test_temp_files_are_left_alone_while_another_run_is_live(trained, tmp_path, capsys):
+    """A live run holds a shared lock on the folder; then none of its temporaries is removed, however
+    old (its tokenizer temp sits untouched for the whole run); and a fresh temp file never is."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    out.mkdir()
+    old, fresh = out / ".tmp-tokens_bpe.bin.old00000", out / ".tmp-bpe_tokenizer.json.new00000"
+    write(tmp_path / "in.txt", cleaned_text(30))
+    args = ["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
+            "--output_dir", str(out)]
+    old.write_bytes(b"live")
+    os.utime(old, (time.time() - 3600,) * 2)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # what a live run holds
+        assert T.main(args) == 0
+        assert old.read_bytes() == b"live"
+    finally:
+        os.close(fd)
+    fresh.write_bytes(b"live")
+    os.utime(fresh, (time.time() + 3600,) * 2)  # newer than the next run's start
+    assert T.main(args) == 0
+    assert not old.exists() and fresh.read_bytes() == b"live"
+    assert f"removed stale temp file {old} from an interrupted run" in capsys.readouterr().err
 
 
 def _bad_inputs(d: Path, good_tok: Path) -> dict:
