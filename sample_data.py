@@ -19,8 +19,9 @@ few lines that are not valid JSON.
 
 The held-out file holds questions never asked in training: held-out phrasings of facts that
 are in training (split "unseen_phrasing"), and arithmetic pairs kept out of training entirely,
-asked in training phrasings (split "unseen_fact"). `load_heldout` and `score_answer` are
-imported by the demo to measure accuracy.
+asked in training phrasings (split "unseen_fact"). heldout.py holds its file format and the
+scoring the demo measures accuracy with (load_heldout, score_answer, summarize_scores: importable
+from here too).
 
 Same arguments, same bytes: everything comes from `random.Random` seeded from --seed.
 """
@@ -32,12 +33,12 @@ import json
 import random
 import re
 import sys
-import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from common import ArgParser, UserError, atomic_path, cli_main, read_json
+from heldout import HeldoutItem, score_answer, write_heldout
 
 FACTS_DIR = Path(__file__).resolve().parent / "data_facts"
 MB = 1_000_000
@@ -233,65 +234,6 @@ def key_answer(fact: Capital | Definition | Arith) -> str:
     if isinstance(fact, Definition):
         return fact.key
     return str(fact.result)
-
-
-# ---------------------------------------------------------------------------- scoring
-
-
-def _fold(s: str) -> str:
-    s = unicodedata.normalize("NFKD", s)
-    s = "".join(ch for ch in s if not unicodedata.combining(ch))
-    return " ".join(s.casefold().split())
-
-
-def score_answer(expected: str, predicted: str) -> bool:
-    """True when `expected` occurs in `predicted`, ignoring case, accents and runs of
-    whitespace, and not glued to a letter or digit ("12" does not match "112",
-    "Tunis" does not match "Tunisia")."""
-    exp = _fold(expected)
-    if not exp:
-        return False
-    return re.search(r"(?<!\w)" + re.escape(exp) + r"(?!\w)", _fold(predicted)) is not None
-
-
-@dataclass(frozen=True)
-class HeldoutItem:
-    id: str
-    kind: str  # capital | definition | arithmetic
-    split: str  # unseen_phrasing | unseen_fact
-    prompt: str
-    expected: str  # the key answer, scored by score_answer
-    reference: str  # the canonical full answer
-
-
-def load_heldout(path: str | Path) -> list[HeldoutItem]:
-    """Read the --heldout_out JSONL written by this script."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"held-out file not found: {path} (write it with: python sample_data.py --heldout_out {path})")
-    items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append(HeldoutItem(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{path}:{n}: not a held-out item ({e}); regenerate it with sample_data.py") from None
-    return items
-
-
-def summarize_scores(items: Sequence[HeldoutItem], predictions: Sequence[str]) -> dict:
-    """Accuracy overall and per kind/split, for predictions aligned with items."""
-    if len(items) != len(predictions):
-        raise ValueError(f"{len(items)} held-out items but {len(predictions)} predictions")
-    groups: dict[str, list[int]] = {}
-    for item, pred in zip(items, predictions):
-        ok = int(score_answer(item.expected, pred))
-        for name in ("all", f"{item.kind}/{item.split}"):
-            g = groups.setdefault(name, [0, 0])
-            g[0] += ok
-            g[1] += 1
-    return {name: {"correct": c, "total": t, "accuracy": c / t} for name, (c, t) in sorted(groups.items())}
 
 
 # ---------------------------------------------------------------------------- the corpus
@@ -572,8 +514,7 @@ def build_heldout(seed: int, b: _Builder) -> list[HeldoutItem]:
 def write_outputs(corpus: Corpus, out: Path, heldout_out: Path) -> None:
     with atomic_path(out) as tmp:
         tmp.write_bytes("".join(s + "\n" for s in corpus.lines).encode("utf-8"))
-    with atomic_path(heldout_out) as tmp:
-        tmp.write_bytes("".join(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in corpus.heldout).encode())
+    write_heldout(corpus.heldout, heldout_out)
 
 
 def _summary(corpus: Corpus, out: Path, heldout_out: Path) -> str:

@@ -1,6 +1,6 @@
-"""dataset_cleaner.py and text_cleaning.py: formats, chat rendering, the special-token trust boundary,
-each cleaning step, filters, dedup, workers, bad input. Small files in tmp_path; the CLI through
-subprocess."""
+"""dataset_cleaner.py, cleaner_inputs.py and text_cleaning.py: formats, chat rendering, the special-token
+trust boundary, each cleaning step, filters, dedup, workers, bad input. Small files in tmp_path; the CLI
+through subprocess."""
 from __future__ import annotations
 
 import gzip
@@ -52,7 +52,7 @@ def test_txt_line_blank_eot_and_file_modes(tmp_path):
                  encoding="utf-8")
     off = CleanOptions(quality_filters="off")
     assert clean(tmp_path, [p], off)[0] == [LONG, "Second paragraph line one is here now.",
-                                              f"Second paragraph line two< |endoftext|>is here."]
+                                              "Second paragraph line two< |endoftext|>is here."]
     docs, _ = clean(tmp_path, [p], CleanOptions(quality_filters="off", txt_docs="blank"))
     assert docs == [LONG, "Second paragraph line one is here now.\nSecond paragraph line two< |endoftext|>is here."]
     docs, _ = clean(tmp_path, [p], CleanOptions(quality_filters="off", txt_docs="eot"))
