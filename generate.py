@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import weakref
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -40,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from common import ArgParser, UserError, cli_main, pick_device, resolve_checkpoint_dir
+from cpu_decode import decode_layout
 from model import KVCache, TransformerLanguageModel, unwrap_model
 
 EOT_TOKEN = "<|endoftext|>"
@@ -79,31 +79,6 @@ def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, 
     return contextlib.nullcontext(), None
 
 
-# On the CPU, MKL multiplies one row by an (in, out) matrix about 1.8x faster than by nn.Linear's
-# (out, in) one (fp32, 1-3 rows; bench/results/generate.md), and the output head is the largest
-# matrix a decoding step reads (a quarter of a gpt2_small step). So decoding a few rows on the CPU
-# uses a transposed copy of the head (vocab x n_embd floats: 98 MB for gpt2_small at 32k), kept
-# per model until its weight changes (new storage, in-place version bump, or a sample of 64
-# values differing) and dropped with the model.
-_SMALL_ROWS = 3
-_head_copies: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _head_logits(model: nn.Module, hidden: torch.Tensor, vocab_limit: int) -> torch.Tensor:
-    """Logits (N, vocab_limit) of the last position of hidden (N, T, n_embd)."""
-    x = hidden[:, -1, :]
-    w = model.lm_head.weight
-    if w.device.type != "cpu" or w.dtype != torch.float32 or x.dtype != torch.float32 or x.size(0) > _SMALL_ROWS:
-        return model.lm_head(x)[:, :vocab_limit]
-    key = (w.data_ptr(), w._version, tuple(w.shape), vocab_limit)
-    probe = w.detach().view(-1)[:: max(1, w.numel() // 64)]
-    cached = _head_copies.get(model)
-    if cached is None or cached[0] != key or not torch.equal(cached[1], probe):
-        cached = (key, probe.clone(), w.detach()[:vocab_limit].t().contiguous())
-        _head_copies[model] = cached
-    return x @ cached[2]
-
-
 def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], temperature: float = 1.0,
                 top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
                 seen: torch.Tensor | None = None) -> list[int]:
@@ -127,6 +102,19 @@ def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], tem
         drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p  # mass before this token already enough
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     return [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(generators)]
+
+
+@contextlib.contextmanager
+def _decoding(model: nn.Module) -> Iterator[None]:
+    """Eval mode (the previous mode restored afterwards) and cpu_decode's weight layout: on the CPU,
+    1-3 rows are multiplied by (in, out) copies of the weights, 1.2-1.8x faster."""
+    was_training = model.training
+    model.eval()
+    try:
+        with decode_layout(model):
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _generate_steps(model: nn.Module, rows: Sequence[Sequence[int]], max_new_tokens: int,
@@ -166,23 +154,22 @@ def _generate_steps(model: nn.Module, rows: Sequence[Sequence[int]], max_new_tok
         state["cache"] = None
         with amp:
             if not use_cache and not any(pads):
-                hidden = m.hidden_states(idx)
+                logits, _ = m(idx, last_only=True)
             else:
                 future = max(0, max_new_tokens - state["generated"] - 1) if use_cache else 0
                 cache = KVCache(cfg, len(active), device=device, dtype=cache_dtype, max_len=min(block, W + future),
                                 pad_lens=pads if any(pads) else None)
-                hidden = m.hidden_states(idx, kv_cache=cache)
+                logits, _ = m(idx, kv_cache=cache, last_only=True)
                 state["cache"] = cache if use_cache else None
-            return _head_logits(m, hidden, limit)
+        return logits[:, -1, :limit]
 
     def decode_one(active: list[int]) -> torch.Tensor:
         idx = torch.tensor([[seqs[b][-1]] for b in active], device=device)
         with amp:
-            return _head_logits(m, m.hidden_states(idx, kv_cache=state["cache"]), limit)
+            logits, _ = m(idx, kv_cache=state["cache"], last_only=True)
+        return logits[:, -1, :limit]
 
-    was_training = m.training
-    m.eval()
-    try:
+    with _decoding(m):
         active = [b for b in range(B) if not finished[b]]
         with torch.inference_mode():
             seen = None
@@ -225,8 +212,6 @@ def _generate_steps(model: nn.Module, rows: Sequence[Sequence[int]], max_new_tok
                     logits = prefill(active)
                 else:
                     logits = decode_one(active)
-    finally:
-        m.train(was_training)
 
 
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -1,13 +1,14 @@
 """Greedy decoding speed on the CPU: our KV-cached `generate` against the same loop without the
-cache (the whole window recomputed every step) and against HuggingFace `GPT2LMHeadModel.generate`
-on the same weights (converted with export_hf.py's to_hf_state_dict).
+cache (the whole window recomputed every step), against the same call with cpu_decode.py's (in, out)
+weight copies switched off, and against HuggingFace `GPT2LMHeadModel.generate` on the same weights
+(converted with export_hf.py's to_hf_state_dict).
 
     flock /tmp/cpu.lock python bench/bench_generate.py            # ~4 minutes on 2 cores
     flock /tmp/cpu.lock python bench/bench_generate.py --quick    # ~1 minute
 
 Random weights, random prompts of one length (no padding), greedy, a fixed number of new tokens
 (no early stop) for every contender; tokens/s = batch * new tokens / wall time of the whole call
-(prefill included). The three outputs are compared token for token.
+(prefill included). The outputs are compared token for token.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cpu_decode  # noqa: E402
 from common import cli_main  # noqa: E402
 from generate import generate  # noqa: E402
 from model import TransformerLanguageModel, get_config  # noqa: E402
@@ -71,7 +73,15 @@ def bench_one(size: str, vocab: int, batch: int, prompt_len: int, new_tokens: in
     idx = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     row: dict = {"size": size, "vocab": vocab, "batch": batch, "params": model.num_parameters(),
                  "tokens": batch * new_tokens}
+    def without_copies(n: int = new_tokens) -> torch.Tensor:
+        cpu_decode.ENABLED = False
+        try:
+            return generate(model, idx, n, temperature=0, eos_ids=())
+        finally:
+            cpu_decode.ENABLED = True
+
     fns = {"cache": lambda n=new_tokens: generate(model, idx, n, temperature=0, eos_ids=()),
+           "nocopy": without_copies,
            "nocache": lambda n=new_tokens: generate(model, idx, n, temperature=0, eos_ids=(), use_cache=False)}
     hf = to_hf(model) if with_hf else None
     if hf is not None:
@@ -90,7 +100,8 @@ def bench_one(size: str, vocab: int, batch: int, prompt_len: int, new_tokens: in
     times.update(t2)
     outs.update(o2)
     row.update({f"{k}_s": v for k, v in times.items()})
-    row["nocache_same"] = torch.equal(outs["cache"], outs["nocache"])
+    row["nocache_same"] = torch.equal(outs["cache"], outs["nocache"]) and torch.equal(outs["cache"], outs["nocopy"])
+    row["copies_mb"] = sum(c[2].numel() * c[2].element_size() for c in cpu_decode._copies.get(model, {}).values()) / 1e6
     if "hf" in outs:
         out_hf, out_cache = outs["hf"], outs["cache"]
         row["hf_same"] = out_hf.shape == out_cache.shape and torch.equal(out_hf, out_cache)
@@ -98,6 +109,33 @@ def bench_one(size: str, vocab: int, batch: int, prompt_len: int, new_tokens: in
             diff = (out_hf[:, prompt_len:] != out_cache[:, prompt_len:]).any(0).nonzero()
             row["hf_split_at"] = int(diff[0]) if len(diff) else -1
     return row
+
+
+def head_layout_table(vocab: int, n_embd: int = 768, rows_list: tuple[int, ...] = (1, 2, 3, 4, 8)) -> str:
+    """Why generate.py decodes 1-3 rows through a transposed head: the output head's matmul at
+    `rows` rows, nn.Linear's (out, in) weight against an (in, out) copy, best of 7 x 10 calls
+    (the 98 MB head of gpt2_small never fits a cache, so every call reads it from memory)."""
+    torch.manual_seed(0)
+    w = torch.randn(vocab, n_embd)
+    w_t = w.t().contiguous()
+
+    def best_ms(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / 10)
+        return best * 1e3
+
+    lines = ["| rows | nn.Linear (out, in) ms | (in, out) copy ms | (out, in) / (in, out) |", "|---|---|---|---|"]
+    with torch.inference_mode():
+        for rows in rows_list:
+            x = torch.randn(rows, n_embd)
+            a, b = best_ms(lambda: torch.nn.functional.linear(x, w)), best_ms(lambda: x @ w_t)
+            lines.append(f"| {rows} | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
+    return "\n".join(lines)
 
 
 def fmt_rate(row: dict, key: str) -> str:
@@ -114,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new_tokens", type=int, default=None, help="default 64 (quick: 24)")
     p.add_argument("--repeats", type=int, default=None, help="rounds of the timed calls (best kept); default 5 (quick: 3)")
     p.add_argument("--no_hf", action="store_true")
+    p.add_argument("--no_head_table", action="store_true", help="skip the head-layout micro-benchmark")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
@@ -128,19 +167,24 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{size} batch {batch}: {time.perf_counter() - t0:.1f}s {row}", file=sys.stderr, flush=True)
 
-    head = ("| model | params | batch | cached tok/s | no cache tok/s | cache speedup | HF generate tok/s "
-            "| ours / HF | same tokens (no cache, HF) |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | params | batch | cached tok/s | no cache tok/s | cache speedup | copies off tok/s "
+            "| copies speedup (MB) | HF generate tok/s | ours / HF | same tokens (no cache, copies off, HF) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         speedup = f"{r['nocache_s'] / r['cache_s']:.2f}x" if "nocache_s" in r else "n/a"
+        copies = f"{r['nocopy_s'] / r['cache_s']:.2f}x ({r['copies_mb']:.0f})"
         vs_hf = f"{r['hf_s'] / r['cache_s']:.2f}x" if "hf_s" in r else "n/a"
         same_hf = "n/a" if "hf_same" not in r else ("yes" if r["hf_same"] else f"no (split at token {r['hf_split_at']})")
         lines.append(f"| {r['size']} (vocab {r['vocab']}) | {r['params'] / 1e6:.1f}M | {r['batch']} "
-                     f"| {fmt_rate(r, 'cache_s')} | {fmt_rate(r, 'nocache_s')} | {speedup} | {fmt_rate(r, 'hf_s')} "
-                     f"| {vs_hf} | {'yes' if r.get('nocache_same') else 'no'}, {same_hf} |")
+                     f"| {fmt_rate(r, 'cache_s')} | {fmt_rate(r, 'nocache_s')} | {speedup} | {fmt_rate(r, 'nocopy_s')} "
+                     f"| {copies} | {fmt_rate(r, 'hf_s')} | {vs_hf} | {'yes' if r.get('nocache_same') else 'no'}, {same_hf} |")
     table = "\n".join(lines)
     setup = (f"prompt {prompt_len} tokens, {new_tokens} new tokens, greedy, fp32, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    if not args.no_head_table:
+        table += (f"\n\nOutput head matmul ({args.vocab_size} x 768, fp32) by weight layout and rows:\n\n"
+                  + head_layout_table(args.vocab_size))
     print(table)
     print(setup)
     if args.out:

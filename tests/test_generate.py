@@ -122,39 +122,47 @@ def test_greedy_cache_equals_no_cache():
     assert torch.equal(generate(model, prompts[0], 24, temperature=0, eos_ids=()), out[0])  # 1-D in, 1-D out
 
 
-def test_cpu_head_copy_follows_weight_changes_and_dies_with_the_model():
-    """Decoding 1-3 rows on the CPU multiplies by a cached transposed copy of the head: its logits
-    match lm_head's, and any change of the weights (optimizer step, .data copy that leaves the
-    version counter alone, a new tensor) is picked up; the copy goes when the model does."""
+def test_cpu_decode_layout_matches_linear_follows_weight_changes_and_is_freed():
+    """cpu_decode: inside decode_layout, 1-3 rows go through (in, out) weight copies whose
+    results match nn.Linear's; any change of the weights (optimizer step, a .data copy that leaves
+    the version counter alone, a new tensor) is picked up by the next call; outside inference mode
+    and outside the context nn.Linear runs as usual; the copies go when the model does."""
     import gc
-    import generate as G
+    import cpu_decode
 
     model = random_model(40)
-    prompt = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(3))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    prompt = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        hidden = model.hidden_states(prompt)
-        full = model.lm_head(hidden[:, -1])[:, :40]  # the head has padded rows
-        assert torch.allclose(G._head_logits(model, hidden, 40), full, atol=1e-5)
-        assert torch.allclose(G._head_logits(model, hidden, 33), full[:, :33], atol=1e-5)  # vocab_limit
-    assert model in G._head_copies
+        for rows in (1, 3, 4):  # 4 rows: nn.Linear itself
+            expected, _ = model(prompt[:1, :rows] if rows < 4 else prompt[:, :4])
+            with cpu_decode.decode_layout(model):
+                got, _ = model(prompt[:1, :rows] if rows < 4 else prompt[:, :4])
+            assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    copies = cpu_decode._copies[model]
+    assert len(copies) == len(linears)  # one (in, out) copy per linear, made by the 1- and 3-row calls
+    assert all("forward" not in m.__dict__ for m in linears)  # the context put nn.Linear.forward back
+    with cpu_decode.decode_layout(model):  # outside inference mode (training code): plain nn.Linear
+        model(prompt[:1, :2], targets=prompt[:1, :2])[1].backward()
+    with pytest.raises(ValueError, match="block_size"), torch.inference_mode(), cpu_decode.decode_layout(model):
+        model(torch.zeros(1, 33, dtype=torch.long))  # an error inside the context ...
+    assert all("forward" not in m.__dict__ for m in linears)  # ... still restores the layers
     changes = [
         lambda: torch.optim.SGD(model.parameters(), lr=0.5).step(),  # in place: version bump
-        lambda: model.lm_head.weight.data.copy_(torch.randn_like(model.lm_head.weight) * 30),  # .data: no version bump
+        lambda: model.lm_head.weight.data.copy_(torch.randn_like(model.lm_head.weight) * 30),  # no version bump
         lambda: setattr(model.lm_head.weight, "data", torch.randn_like(model.lm_head.weight) * 30),  # new storage
     ]
     for change in changes:
-        before = generate(model, prompt, 16, temperature=0, eos_ids=())
-        if change is changes[0]:
-            model.zero_grad()
-            model(prompt, targets=prompt)[1].backward()
+        before = generate(model, prompt[:1], 16, temperature=0, eos_ids=())
         change()
-        after = generate(model, prompt, 16, temperature=0, eos_ids=())
+        after = generate(model, prompt[:1], 16, temperature=0, eos_ids=())
         assert after[0].tolist() == greedy_reference(model, prompt[0].tolist(), 16, 32)
         assert not torch.equal(before, after)  # the change mattered, so a stale copy would fail above
-    n = len(G._head_copies)
-    del model, changes
+    assert all("forward" not in m.__dict__ for m in linears)
+    n = len(cpu_decode._copies)
+    del model, linears, changes
     gc.collect()
-    assert len(G._head_copies) == n - 1
+    assert len(cpu_decode._copies) == n - 1
 
 
 def test_generation_past_block_size_slides_the_window():
