@@ -13,6 +13,7 @@ Random weights, random prompts of one length (no padding), greedy, a fixed numbe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import sys
 import time
@@ -67,10 +68,10 @@ def best_times(fns: dict, repeats: int, min_total_s: float) -> tuple[dict, dict]
 
 
 def bench_one(size: str, vocab: int, batch: int, prompt_len: int, new_tokens: int, with_hf: bool,
-              repeats: int) -> dict:
+              repeats: int, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    model = TransformerLanguageModel(get_config(size, vocab)).eval()
-    idx = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+    model = TransformerLanguageModel(get_config(size, vocab)).eval().to(device)
+    idx = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1)).to(device)
     row: dict = {"size": size, "vocab": vocab, "batch": batch, "params": model.num_parameters(),
                  "tokens": batch * new_tokens}
     def without_copies(n: int = new_tokens) -> torch.Tensor:
@@ -85,11 +86,15 @@ def bench_one(size: str, vocab: int, batch: int, prompt_len: int, new_tokens: in
            "nocache": lambda n=new_tokens: generate(model, idx, n, temperature=0, eos_ids=(), use_cache=False)}
     hf = to_hf(model) if with_hf else None
     if hf is not None:
+        hf = hf.to(device)
         mask = torch.ones_like(idx)
+        # on CUDA, HF runs under the same bf16 autocast as generate.py does
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if idx.is_cuda else contextlib.nullcontext()
 
         def theirs(n: int = new_tokens) -> torch.Tensor:
-            with torch.inference_mode():
-                return hf.generate(idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            with torch.inference_mode(), amp:
+                out = hf.generate(idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            return out.cpu()  # waits for the GPU, like generate.py's per-step .tolist()
 
         fns["hf"] = theirs
     for fn in fns.values():
@@ -100,6 +105,7 @@ def bench_one(size: str, vocab: int, batch: int, prompt_len: int, new_tokens: in
     times.update(t2)
     outs.update(o2)
     row.update({f"{k}_s": v for k, v in times.items()})
+    outs = {k: v.cpu() for k, v in outs.items()}
     row["nocache_same"] = torch.equal(outs["cache"], outs["nocache"]) and torch.equal(outs["cache"], outs["nocopy"])
     row["copies_mb"] = sum(c[2].numel() * c[2].element_size() for c in cpu_decode._copies.get(model, {}).values()) / 1e6
     if "hf" in outs:
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt_len", type=int, default=None, help="default 32 (quick: 16)")
     p.add_argument("--new_tokens", type=int, default=None, help="default 64 (quick: 24)")
     p.add_argument("--repeats", type=int, default=None, help="rounds of the timed calls (best kept); default 5 (quick: 3)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA both sides run under bf16 autocast)")
     p.add_argument("--no_hf", action="store_true")
     p.add_argument("--no_head_table", action="store_true", help="skip the head-layout micro-benchmark")
     p.add_argument("--out", default=None, help="also write the markdown table here")
@@ -163,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         for batch in args.batch_sizes:
             t0 = time.perf_counter()
-            row = bench_one(size, args.vocab_size, batch, prompt_len, new_tokens, not args.no_hf, args.repeats)
+            row = bench_one(size, args.vocab_size, batch, prompt_len, new_tokens, not args.no_hf, args.repeats,
+                            args.device)
             rows.append(row)
             print(f"{size} batch {batch}: {time.perf_counter() - t0:.1f}s {row}", file=sys.stderr, flush=True)
 
@@ -180,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {fmt_rate(r, 'cache_s')} | {fmt_rate(r, 'nocache_s')} | {speedup} | {fmt_rate(r, 'nocopy_s')} "
                      f"| {copies} | {fmt_rate(r, 'hf_s')} | {vs_hf} | {'yes' if r.get('nocache_same') else 'no'}, {same_hf} |")
     table = "\n".join(lines)
-    setup = (f"prompt {prompt_len} tokens, {new_tokens} new tokens, greedy, fp32, "
+    precision = "bf16 autocast on " + torch.cuda.get_device_name() if args.device.startswith("cuda") else "fp32"
+    setup = (f"prompt {prompt_len} tokens, {new_tokens} new tokens, greedy, {precision}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     if not args.no_head_table:
         table += (f"\n\nOutput head matmul ({args.vocab_size} x 768, fp32) by weight layout and rows:\n\n"

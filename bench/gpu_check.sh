@@ -7,6 +7,8 @@
 #   2. gpt2_small, vocab 32,000, block 1024, bf16, --batch_size 64 (the seed's): eager with the
 #      micro-batch chosen automatically (OOM halving for real), then torch.compile at that
 #      micro-batch: tokens/s, MFU, peak memory, compiled / eager.
+#   3. Generation of gpt2_small at batch 1 and 8 under bf16 autocast: KV cache vs no cache, and
+#      vs HF GPT2LMHeadModel.generate under the same autocast (bench/bench_generate.py --device cuda).
 # Results: $OUT_DIR/gpu_check.md (and the logs beside it).
 #
 #   bash bench/gpu_check.sh [OUT_DIR]                 # on the GPU machine
@@ -122,6 +124,15 @@ MICRO=$($PY -c "import json,sys; print([r for r in map(json.loads, open('$WORK/b
 check compiled train b_compiled "${DEV[@]}" "${B[@]}" --compile on --micro_batch_size "$MICRO"
 check compiled_no_warning metric b_compiled "'torch.compile failed' not in log and 'compile on' in log"
 
+# ---------------------------------------------------------------- 3. generation (KV cache, bf16 autocast)
+if [ "$DRY" = 1 ]; then
+  GEN=(--device cpu --quick --sizes tiny --batch_sizes 1 --no_hf)
+else
+  GEN=(--device cuda --sizes gpt2_small --batch_sizes 1 8)
+fi
+check generate_bench timeout 240 $PY bench/bench_generate.py "${GEN[@]}" --no_head_table --out "$OUT_DIR/generate.md" \
+  > "$OUT_DIR/generate.log" 2>&1
+
 $PY - "$WORK" "$OUT_DIR" "$SKIP" "$STATUS" "$DRY" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -150,6 +161,8 @@ for name in ("b_eager", "b_compiled"):
         lines.append(f"| {name} | failed (see {name}.log) | | | | |")
 if res["b_eager"] and res["b_compiled"]:
     lines += ["", f"compiled / eager tokens/s: {res['b_compiled']['tokens_per_sec'] / res['b_eager']['tokens_per_sec']:.2f}"]
+if (out / "generate.md").exists():
+    lines += ["", "Generation (bench/bench_generate.py):", "", (out / "generate.md").read_text().strip()]
 (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
