@@ -147,10 +147,11 @@ def test_cpu_decode_layout_matches_linear_follows_weight_changes_and_is_freed():
     with pytest.raises(ValueError, match="block_size"), torch.inference_mode(), cpu_decode.decode_layout(model):
         model(torch.zeros(1, 33, dtype=torch.long))  # an error inside the context ...
     assert all("forward" not in m.__dict__ for m in linears)  # ... still restores the layers
+    head = model.lm_head.weight
     changes = [
-        lambda: torch.optim.SGD(model.parameters(), lr=0.5).step(),  # in place: version bump
-        lambda: model.lm_head.weight.data.copy_(torch.randn_like(model.lm_head.weight) * 30),  # no version bump
-        lambda: setattr(model.lm_head.weight, "data", torch.randn_like(model.lm_head.weight) * 30),  # new storage
+        lambda: torch.optim.SGD([p for p in model.parameters() if p.grad is not None], lr=0.5).step(),  # version bump
+        lambda: head.data.copy_(torch.randn_like(head) * 30),  # .data: no version bump
+        lambda: setattr(head, "data", torch.randn_like(head) * 30),  # new storage
     ]
     for change in changes:
         before = generate(model, prompt[:1], 16, temperature=0, eos_ids=())
@@ -160,7 +161,7 @@ def test_cpu_decode_layout_matches_linear_follows_weight_changes_and_is_freed():
         assert not torch.equal(before, after)  # the change mattered, so a stale copy would fail above
     assert all("forward" not in m.__dict__ for m in linears)
     n = len(cpu_decode._copies)
-    del model, linears, changes
+    model = linears = changes = head = None  # the last references
     gc.collect()
     assert len(cpu_decode._copies) == n - 1
 
