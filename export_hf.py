@@ -8,7 +8,9 @@ special_tokens_map.json), so that
 
     GPT2LMHeadModel.from_pretrained("hf_model"); AutoTokenizer.from_pretrained("hf_model")
 
-work with no network. The model is GPT-2 (DESIGN.md), so this is a renaming of tensors:
+work with no network, on transformers 4.34 and later (5.x included): the files use only keys that
+both read, and tokenizer.json keeps the merges notation of tokenizers < 0.20 (portable_tokenizer_json).
+The model is GPT-2 (DESIGN.md), so this is a renaming of tensors:
 - HF GPT-2 stores c_attn / c_proj / c_fc as `Conv1D` with weights (in, out): ours are
   nn.Linear (out, in), so those are transposed.
 - The embedding/head padded to a multiple of 64 is trimmed back to the real vocab_size.
@@ -33,6 +35,7 @@ import torch
 from common import ArgParser, UserError, atomic_dir, cli_main, first_line, resolve_checkpoint_dir
 from model import GPTConfig, TransformerLanguageModel, unwrap_model
 from tokenizer import CHAT_SPECIAL_TOKENS, EOT_TOKEN, load_tokenizer
+from tokenizer_bpe import portable_tokenizer_json
 
 # Our Linear weights that are Conv1D (transposed) in HF GPT-2.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -127,7 +130,8 @@ def tokenizer_files(tokenizer_file: str | os.PathLike, model_config: GPTConfig) 
     if hasattr(tok, "id_to_token"):  # CharTokenizer
         tokenizer_json, specials = char_tokenizer_json(tok), list(tok.special_tokens)
     else:
-        tokenizer_json, specials = Path(tokenizer_file).read_text(encoding="utf-8"), list(tok.special_tokens)
+        tokenizer_json = portable_tokenizer_json(Path(tokenizer_file).read_text(encoding="utf-8"))
+        specials = list(tok.special_tokens)
     ids = {s: tok.token_to_id(s) for s in specials}
     eot = tok.token_to_id(EOT_TOKEN)
     specials_map = {}

@@ -23,6 +23,7 @@ import torch
 from common import ArgParser, UserError, cli_main, first_line, read_json
 from export_hf import check_replaceable, is_conv1d_key, write_folder_atomically
 from model import GPTConfig, TransformerLanguageModel
+from tokenizer_bpe import portable_tokenizer_json
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all tanh-approximate GELU
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old transformers
@@ -52,7 +53,9 @@ def gpt_config_from_hf(cfg: dict, source: str, has_lm_head: bool) -> GPTConfig:
     if abs(float(cfg.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
         refuse("layer_norm_epsilon", "differs from 1e-5")
     # reorder_and_upcast_attn only changes the order of fp32 upcasts: same results, so it is accepted.
-    tie = cfg["tie_word_embeddings"] if "tie_word_embeddings" in cfg else not has_lm_head
+    # Absent means true, as in transformers: its 4.x save_pretrained writes only non-default keys, so a
+    # tied model's config.json has no tie_word_embeddings (a stray lm_head.weight: see from_hf_state_dict).
+    tie = bool(cfg.get("tie_word_embeddings", True))
     if not tie and not has_lm_head:
         raise UserError(f"{source}: tie_word_embeddings=false but the weights have no lm_head.weight; "
                         f"the folder is incomplete (set tie_word_embeddings to true to use the embeddings as the head)")
@@ -110,6 +113,7 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], config: GPTConfig, source
     drop mask buffers and other heads, transpose Conv1D weights."""
     sd: dict[str, torch.Tensor] = {}
     ignored = []
+    tied_head = None
     for hf_key, t in hf_sd.items():
         if hf_key.endswith(BUFFER_SUFFIXES):
             continue
@@ -119,7 +123,8 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], config: GPTConfig, source
             ignored.append(hf_key)
             continue
         if config.tie_embeddings and key == "lm_head.weight":
-            continue  # HF ties it to wte as well
+            tied_head = t  # the head is wte, as config.json says
+            continue
         sd[key] = t.t().contiguous() if is_conv1d_key(key) and t.dim() == 2 else t
     if ignored:
         print(f"note: {source}: ignoring {len(ignored)} tensors that are not part of the language model "
@@ -130,6 +135,12 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], config: GPTConfig, source
     if wte.dim() != 2 or wte.size(0) != config.vocab_size:
         raise UserError(f"{source}: wte has shape {tuple(wte.shape)} but config.json says vocab_size="
                         f"{config.vocab_size}; the config and the weights do not belong together")
+    if tied_head is not None and not torch.equal(tied_head, wte):
+        # A contradictory folder that transformers itself reads three ways: 4.46-4.57 use wte as we do,
+        # 4.40 ties both to lm_head.weight's values, 5.x keeps lm_head.weight untied (with a warning).
+        print(f"note: {source}: tie_word_embeddings is true (or absent) but lm_head.weight differs from wte.weight; "
+              f"using wte as the head, as config.json says (transformers versions disagree on such a folder; "
+              f"set tie_word_embeddings to false to keep lm_head.weight)", file=sys.stderr)
     return sd
 
 
@@ -167,7 +178,7 @@ def hf_tokenizer_json(folder: Path) -> str | None:
     vocab_ids = json.loads(vocab.read_text(encoding="utf-8"))
     if "<|endoftext|>" in vocab_ids:
         tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
-    return tok.to_str(pretty=True)
+    return portable_tokenizer_json(tok.to_str(pretty=True))
 
 
 def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

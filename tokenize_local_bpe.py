@@ -295,7 +295,7 @@ def write_tokenizer(args, tok, kind: str, names: dict[str, Path], outputs: "Outp
     if args.tokenizer:
         shutil.copyfile(args.tokenizer, tmp)
     else:
-        text = json.dumps(tok.to_dict(), indent=2) + "\n" if kind == "char" else tok.tokenizer.to_str(pretty=True)
+        text = json.dumps(tok.to_dict(), indent=2) + "\n" if kind == "char" else tok.to_json()
         tmp.write_text(text, encoding="utf-8")
     return sha256_file(tmp)
 

@@ -239,6 +239,21 @@ def _without_specials(texts: Iterable[str], specials: Sequence[str]) -> Iterator
         yield from (p for p in pattern.split(text) if p)
 
 
+def portable_tokenizer_json(text: str) -> str:
+    """The tokenizer.json text in a form every `tokenizers` from 0.14 on reads. Version 0.20 began
+    writing BPE merges as [a, b] pairs, which older versions (those that transformers 4.40-4.44 pin)
+    fail to parse; the "a b" strings written before are still read by every version, and are exact
+    while no merged symbol holds a space (never, for byte-level BPE). Anything else stays verbatim."""
+    data = json.loads(text)
+    model = data.get("model")
+    merges = model.get("merges") if isinstance(model, dict) else None
+    if not merges or not all(isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) and " " not in x for x in m)
+                             for m in merges):
+        return text
+    model["merges"] = [f"{a} {b}" for a, b in merges]
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 class BPETokenizer:
     """`tokenizer = BPETokenizer(); tokenizer.load('checkpoint/tokenizer.json')`, as in the seed."""
 
@@ -300,8 +315,12 @@ class BPETokenizer:
     def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":
         return cls().load(path)
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (merges in the notation every `tokenizers` version reads)."""
+        return portable_tokenizer_json(self.tokenizer.to_str(pretty=True))
+
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.tokenizer.to_str(pretty=True))
+        atomic_write_text(path, self.to_json())
         self.path = Path(path)
 
     # -------------------------------------------------------------- encoder choice

@@ -21,7 +21,7 @@ from export_hf import export_hf  # noqa: E402
 from import_hf import import_hf, load_hf_gpt2  # noqa: E402
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
-from tokenizer_bpe import BPETokenizer, render_chat  # noqa: E402
+from tokenizer_bpe import BPETokenizer, portable_tokenizer_json, render_chat  # noqa: E402
 
 CORPUS = [
     "<|user|>What is the capital of France?\n<|assistant|>The capital of France is Paris.\n<|endoftext|>",
@@ -155,7 +155,12 @@ def test_import_of_export_reproduces_state_dict(tok_file, tmp_path, tie):
     hf_dir = export_hf(model, tok_file, tmp_path / "hf")
     ckpt = import_hf(hf_dir, tmp_path / "ckpt")
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "pytorch_model.bin", "tokenizer.json"]
-    assert (ckpt / "tokenizer.json").read_bytes() == Path(tok_file).read_bytes()
+    assert (ckpt / "tokenizer.json").read_bytes() == (hf_dir / "tokenizer.json").read_bytes()
+    exported, original = json.loads((hf_dir / "tokenizer.json").read_text()), json.loads(Path(tok_file).read_text())
+    assert exported["model"]["merges"] == [m if isinstance(m, str) else " ".join(m)
+                                           for m in original["model"]["merges"]]
+    exported["model"]["merges"] = original["model"]["merges"]
+    assert exported == original  # only the merges' notation changes (portable_tokenizer_json)
     back = TransformerLanguageModel.from_pretrained(ckpt)
     assert dataclasses.asdict(back.config) == dataclasses.asdict(model.config)
     a, b = model.state_dict(), back.state_dict()
@@ -176,7 +181,7 @@ def test_import_of_export_reproduces_state_dict(tok_file, tmp_path, tie):
         assert torch.allclose(model(idx)[0], back(idx)[0], atol=0, rtol=0)
 
 
-def test_import_transformers_own_files(tmp_path):
+def test_import_transformers_own_files(tmp_path, capsys):
     """Folders written by transformers itself: save_pretrained (tied, no lm_head.weight) and the
     original hub layout (GPT2Model key names, attn.bias buffers, pytorch_model.bin)."""
     transformers = pytest.importorskip("transformers")
@@ -193,20 +198,37 @@ def test_import_transformers_own_files(tmp_path):
         sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     torch.save(sd, hub / "pytorch_model.bin")
     raw = json.loads((tmp_path / "saved" / "config.json").read_text())
-    del raw["tie_word_embeddings"]  # old configs omit it: no lm_head.weight means tied
+    # transformers 4.x save_pretrained writes only non-default keys, so this one may already be absent
+    raw.pop("tie_word_embeddings", None)  # old configs omit it: it defaults to true, as in transformers
     (hub / "config.json").write_text(json.dumps(raw))
-    # tie_word_embeddings true wins over a stray lm_head.weight, as in transformers
-    stray = tmp_path / "stray"
-    stray.mkdir()
-    (stray / "config.json").write_bytes((tmp_path / "saved" / "config.json").read_bytes())
-    torch.save({**hf.state_dict(), "lm_head.weight": torch.randn(99, 32)}, stray / "pytorch_model.bin")
+    # torch.save(model.state_dict()) layout: lm_head.weight is a copy of wte, the config has no tie key
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    (copied / "config.json").write_text(json.dumps(raw))
+    torch.save({k: v.clone() for k, v in hf.state_dict().items()}, copied / "pytorch_model.bin")
+    # tie_word_embeddings true, written or absent, wins over a stray lm_head.weight (with a note)
+    strays = []
+    for name, config in (("stray_true", {**raw, "tie_word_embeddings": True}), ("stray_absent", raw)):
+        strays.append(tmp_path / name)
+        strays[-1].mkdir()
+        (strays[-1] / "config.json").write_text(json.dumps(config))
+        torch.save({**hf.state_dict(), "lm_head.weight": torch.randn(99, 32)}, strays[-1] / "pytorch_model.bin")
     idx = torch.randint(0, 99, (2, 24))
     with torch.no_grad():
         expected = hf(idx).logits
-        for folder in (tmp_path / "saved", hub, stray):
+        for folder in (tmp_path / "saved", hub, copied, *strays):
+            capsys.readouterr()
             ours = load_hf_gpt2(folder).eval()
             assert ours.config.tie_embeddings and ours.config.vocab_size == 99 and ours.config.block_size == 24
             assert (ours(idx)[0] - expected).abs().max().item() <= 1e-5
+            noted = "lm_head.weight differs from wte.weight" in capsys.readouterr().err
+            assert noted is (folder in strays), folder
+        # transformers (4.x and 5.x) reads the copied-head folder as tied too; on the stray folders its
+        # versions disagree (4.40, 4.46-4.57 and 5.x each differ), hence only our own note is checked there
+        copied_hf = hf_model(copied)
+        assert copied_hf.config.tie_word_embeddings
+        assert copied_hf.lm_head.weight.data_ptr() == copied_hf.transformer.wte.weight.data_ptr()
+        assert (copied_hf(idx).logits - expected).abs().max().item() <= 1e-5
 
 
 def test_import_sharded_and_bin(tok_file, tmp_path):
@@ -246,6 +268,25 @@ def test_import_builds_tokenizer_from_vocab_and_merges(tok_file, tmp_path):
     for text in ["What is the capital of France?<|endoftext|>", "unseen bytes: Ω ≈ 😀 ß\n"]:
         assert rebuilt.encode(text) == tok.encode(text)
     assert rebuilt.eot_token_id == 0
+
+
+def test_portable_tokenizer_json(tok_file):
+    """Merges as "a b" strings, the one notation every `tokenizers` reads (0.20+ writes [a, b] pairs,
+    which 0.19 and older, as pinned by transformers 4.40-4.44, refuse to parse); same tokenizer."""
+    from tokenizers import Tokenizer
+
+    text = Path(tok_file).read_text(encoding="utf-8")
+    pairs = json.loads(text)
+    pairs["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in pairs["model"]["merges"]]
+    portable = portable_tokenizer_json(json.dumps(pairs))
+    merges = json.loads(portable)["model"]["merges"]
+    assert len(merges) == len(pairs["model"]["merges"]) > 0
+    assert all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
+    assert json.loads(Tokenizer.from_str(portable).to_str()) == json.loads(Tokenizer.from_str(text).to_str())
+    assert portable_tokenizer_json(portable) == portable  # already portable: verbatim
+    spaced = json.loads(portable)
+    spaced["model"]["merges"] = [["a ", "b"]]  # a symbol holding a space: only the pair form is exact
+    assert portable_tokenizer_json(json.dumps(spaced)) == json.dumps(spaced)
 
 
 def test_export_without_safetensors_falls_back(tok_file, tmp_path, monkeypatch, capsys):

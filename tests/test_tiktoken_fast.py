@@ -70,7 +70,8 @@ def test_conversion_refuses_merge_order_and_orphan_tokens(bpe):
     data = json.loads(bpe.tokenizer.to_str())
     assert tiktoken_conversion(data)[2] == "exact"
     bad = json.loads(json.dumps(data))  # swap the ids of the first two merge results
-    (a1, b1), (a2, b2) = bad["model"]["merges"][:2]
+    # tokenizers >= 0.20 writes merges as [a, b], older versions as "a b"
+    (a1, b1), (a2, b2) = (m.split(" ") if isinstance(m, str) else m for m in bad["model"]["merges"][:2])
     v = bad["model"]["vocab"]
     v[a1 + b1], v[a2 + b2] = v[a2 + b2], v[a1 + b1]
     assert "rise with merge order" in tiktoken_conversion(bad)[2]
@@ -129,8 +130,13 @@ def test_prefix_overlapping_special_tokens_match_hf():
 def test_long_whitespace_run_and_surrogates_go_to_hf(bpe):
     text = "a" + " " * 1_050_000 + "b\n"  # tiktoken's regex engine panics on such a run
     assert bpe.encode(text) == bpe.tokenizer.encode(text, add_special_tokens=False).ids
-    with pytest.raises(TypeError):  # HF refuses lone surrogates; the fast path must not hide that
-        bpe.encode("a\ud800b")
+    try:
+        expected = bpe.tokenizer.encode("a\ud800b", add_special_tokens=False).ids
+    except TypeError:  # tokenizers >= 0.20 refuses lone surrogates; the fast path must not hide that
+        with pytest.raises(TypeError):
+            bpe.encode("a\ud800b")
+    else:  # older tokenizers replace them; the fast path must give the same ids
+        assert bpe.encode("a\ud800b") == expected
 
 
 def test_absent_tiktoken_falls_back_silently(bpe, monkeypatch, tmp_path):
