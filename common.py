@@ -193,3 +193,11 @@ def pick_device(requested: str | None = None) -> "torch.device":  # noqa: F821
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError(f"--device {requested}: MPS is not available here; use --device cpu")
     return dev
+
+
+def cuda_has_native_bf16(device: "torch.device") -> bool:  # noqa: F821
+    """bf16 tensor cores: Ampere (sm80) and later. torch.cuda.is_bf16_supported() also says yes for
+    T4/V100, where bf16 is emulated and slow, so those get fp16."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8

@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from common import ArgParser, UserError, cli_main, pick_device, resolve_checkpoint_dir
+from common import ArgParser, UserError, cli_main, cuda_has_native_bf16, pick_device, resolve_checkpoint_dir
 from cpu_decode import decode_layout
 from model import KVCache, TransformerLanguageModel, unwrap_model
 
@@ -74,7 +74,7 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
         return torch.autocast("cuda", dtype=dtype), dtype
     return contextlib.nullcontext(), None
 
@@ -238,7 +238,7 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
             if t is not None:
                 new[b].append(t)
     n = max((len(r) for r in new), default=0)
-    new = [r + [r[-1]] * (n - len(r)) for r in new]
+    new = [r + r[-1:] * (n - len(r)) for r in new]  # a row that stopped early repeats its stop token
     result = torch.cat([rows.to("cpu", torch.long), torch.tensor(new, dtype=torch.long).view(B, n)], dim=1)
     result = result.to(idx.device)
     return result[0] if squeeze else result

@@ -272,10 +272,14 @@ class TransformerLanguageModel(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B), N without position embeddings."""
+        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B), N = the parameters that take
+        part in matrix multiplies: all but the position table and, when untied, the token table
+        (a lookup; tied, it is the head and counts once)."""
         c = self.config
         T = seq_len or c.block_size
         N = self.num_parameters() - self.transformer.wpe.weight.numel()
+        if not c.tie_embeddings:
+            N -= self.transformer.wte.weight.numel()
         return 6 * N + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
 
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float, seq_len: int | None = None) -> float:

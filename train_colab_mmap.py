@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common import ArgParser, UserError, cli_main, pick_device, read_json, resolve_checkpoint_dir, sha256_file
+from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, pick_device, read_json,
+                    resolve_checkpoint_dir, sha256_file)
 from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
 from tokenizer import load_tokenizer
 from train_io import (TokenSource, assistant_mask_for, check_token_files, choose_data_mode, find_checkpoint,
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="auto", help="auto|cpu|cuda|mps")
     a("--seed", type=int, default=1337)
     a("--eval_every_steps", type=int, default=500)
-    a("--eval_batches", type=int, default=20, help="micro-batches per evaluation")
+    a("--eval_batches", type=int, default=20, help="micro-batches per evaluation (set by the first run; a resume keeps it)")
     a("--log_every_steps", type=int, default=10)
     a("--save_every_steps", type=int, default=1000, help="0: off")
     a("--save_every_minutes", type=float, default=30.0, help="0: off")
@@ -114,8 +115,7 @@ def choose_device(args: argparse.Namespace, d: Dist) -> torch.device:
 
 
 def choose_dtype(requested: str, device: torch.device, n_embd: int) -> tuple[str, str]:
-    # native bf16 from Ampere (sm80) on; torch.cuda.is_bf16_supported() also counts emulation (T4, V100)
-    cuda_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    cuda_bf16 = cuda_has_native_bf16(device)
     if requested == "bf16" and device.type == "cuda" and not cuda_bf16:
         raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --dtype fp16")
     if requested != "auto":
@@ -287,6 +287,9 @@ def run(args: argparse.Namespace, d: Dist, device: torch.device, say) -> int:
     if args.max_tokens:
         total = min(total, math.ceil(args.max_tokens / (B * T)))
     lr = args.lr or (1e-3 if config.n_embd <= 256 else 6e-4)  # nanoGPT's char model / GPT-2 small
+    if args.min_lr is not None and args.min_lr > lr:
+        raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} (the default for n_embd "
+                        f"{config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or --lr {args.min_lr:g}")
     dtype, why = choose_dtype(args.dtype, device, config.n_embd)
     plan = Plan(total_steps=total, warmup=args.warmup_steps if args.warmup_steps is not None else min(2000, total // 20),
                 lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, per_rank=B // d.world,

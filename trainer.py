@@ -82,6 +82,8 @@ class Progress:
     nan_skipped: int = 0
     rollbacks: int = 0
     wall_time_s: float = 0.0
+    eval_windows: int = 0         # validation windows per evaluation, fixed by the first run so that
+                                  # every evaluation (and `best`) compares the same set
 
 
 @dataclass
@@ -443,7 +445,8 @@ class Trainer:
         self.start_time = self.last_save_time = self.last_log_time = time.time()
         self.wall_before = p.wall_time_s
         if self.val_src is not None:
-            self.eval_ids = eval_windows(num_windows(len(self.val_src), self.T), a.eval_batches * p.micro_batch_size)
+            p.eval_windows = p.eval_windows or a.eval_batches * p.micro_batch_size
+            self.eval_ids = eval_windows(num_windows(len(self.val_src), self.T), p.eval_windows)
         if p.step >= plan.total_steps:
             self.say(f"already trained to step {p.step} of {plan.total_steps}: nothing to do "
                      f"(raise --epochs, --max_steps or --max_tokens to continue)")

@@ -122,6 +122,26 @@ def test_greedy_cache_equals_no_cache():
     assert torch.equal(generate(model, prompts[0], 24, temperature=0, eos_ids=()), out[0])  # 1-D in, 1-D out
 
 
+def test_zero_new_tokens_returns_the_prompt():
+    model = random_model(40)
+    prompt = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(generate(model, prompt, 0), prompt)  # nanoGPT's contract: idx back, unchanged
+    assert torch.equal(generate(model, prompt[0], 0), prompt[0])
+
+
+@pytest.mark.parametrize("capability,expected", [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),
+                                                  ((7, 5), torch.float16), ((7, 0), torch.float16)])
+def test_cuda_autocast_dtype_follows_native_bf16(monkeypatch, capability, expected):
+    """T4 (7.5) and V100 (7.0) emulate bf16 slowly, so generation there runs in fp16; A100/H100 bf16."""
+    import generate as G
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 reports
+    _, dtype = G._autocast(torch.device("cuda"))
+    assert dtype == expected
+    assert G._autocast(torch.device("cpu"))[1] is None  # CPU: the model's own dtype
+
+
 def test_cpu_decode_layout_matches_linear_follows_weight_changes_and_is_freed():
     """cpu_decode: inside decode_layout, 1-3 rows go through (in, out) weight copies whose
     results match nn.Linear's; any change of the weights (optimizer step, a .data copy that leaves
@@ -151,6 +171,7 @@ def test_cpu_decode_layout_matches_linear_follows_weight_changes_and_is_freed():
     changes = [
         lambda: torch.optim.SGD([p for p in model.parameters() if p.grad is not None], lr=0.5).step(),  # version bump
         lambda: head.data.copy_(torch.randn_like(head) * 30),  # .data: no version bump
+        lambda: head.data[:10].mul_(-1),  # .data, a few rows only
         lambda: setattr(head, "data", torch.randn_like(head) * 30),  # new storage
     ]
     for change in changes:

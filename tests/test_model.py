@@ -125,10 +125,15 @@ def test_model_configs_are_the_seeds():
 
 
 def test_flops_per_token_formula():
+    """6N + 12 L H Q T with N the matmul parameters: the untied token table is a lookup (not counted),
+    a tied one is the head (counted once); the position table never counts."""
+    attention = 12 * 12 * 12 * 64 * 1024
     with torch.device("meta"):
-        m = TransformerLanguageModel(get_config("gpt2_small", 32000))
-    n = 134_994_432 - 1024 * 768
-    assert m.flops_per_token() == 6 * n + 12 * 12 * 12 * 64 * 1024
+        untied = TransformerLanguageModel(get_config("gpt2_small", 32000))
+        tied = TransformerLanguageModel(get_config("gpt2_small", 32000, tie_embeddings=True))
+    assert untied.flops_per_token() == 6 * (134_994_432 - 1024 * 768 - 32000 * 768) + attention
+    assert tied.flops_per_token() == 6 * (110_418_432 - 1024 * 768) + attention
+    assert untied.flops_per_token() == tied.flops_per_token()  # the same matrix multiplies
 
 
 def test_bad_configs_are_clear_errors():
