@@ -1,6 +1,12 @@
 """The input side of tokenize_local_bpe.py: find and check the corpus files, stream them as blocks
 of text that can be encoded independently (cut at document ends, or at places where the ids do not
-change), count their documents, and draw the evenly spread BPE training sample."""
+change), count their documents, and draw the evenly spread BPE training sample.
+
+The places inside a document (_SAFE_CUT) are exact only for GPT-2-style tokenizers (those our BPE
+training makes; tokenizer_bpe.whitespace_cuts_exact tells). For any other (a prefix space, a
+normalizer, a Metaspace pre-tokenizer...) the reader runs with whole_documents=True: it never cuts
+inside a document and gives each document as its own segment, so the ids are those of encoding each
+document whole; a very long document is then held in memory whole."""
 from __future__ import annotations
 
 import codecs
@@ -132,8 +138,12 @@ class DocumentReader:
     """Streams the files as blocks of text segments that may be encoded independently."""
 
     def __init__(self, files: Sequence[Path], errors: str, specials: Sequence[str], anywhere: bool,
-                 val_docs: int = 0, total_docs: int = 0, segment_chars: int = 1 << 19) -> None:
+                 val_docs: int = 0, total_docs: int = 0, segment_chars: int = 1 << 19,
+                 whole_documents: bool = False) -> None:
+        """`anywhere`: any place is a safe cut (the char tokenizer). `whole_documents`: no place inside
+        a document is (see the module docstring): one segment per document, never cut."""
         self.files, self.errors, self.anywhere, self.segment_chars = files, errors, anywhere, segment_chars
+        self.whole_documents = whole_documents
         self.special_re = _special_pattern(specials)
         self.cuts = cut_pattern(specials)
         self.val_docs, self.total_docs = val_docs, total_docs
@@ -149,10 +159,18 @@ class DocumentReader:
         return int((i + 1) * v // n > i * v // n)
 
     def __iter__(self) -> Iterator[Block]:
+        keep = len(EOT_TOKEN) - 1  # characters of an EOT that may start before a new read
         for path in self.files:
-            carry = ""
+            carry, held, tail = "", [], ""
             for text, nbytes in read_text(path, self.errors):
-                buf, text = carry + text, None
+                if self.whole_documents and nbytes and EOT_TOKEN not in tail + text:
+                    # no document ends here: hold the text and join it once, when one does (a join per
+                    # read would copy a long document over and over)
+                    held.append(text)
+                    tail, text = (tail + text)[-keep:], None
+                    yield Block([], nbytes, (0, 0))
+                    continue
+                buf, text, held = "".join([carry, *held, text]), None, []
                 if nbytes == 0:  # end of file: make sure the last document ends with EOT
                     if buf and not buf.endswith(EOT_TOKEN):
                         buf += EOT_TOKEN
@@ -161,7 +179,7 @@ class DocumentReader:
                 else:
                     end = buf.rfind(EOT_TOKEN)
                     end = 0 if end < 0 else end + len(EOT_TOKEN)
-                    if len(buf) - end > MAX_CARRY_CHARS:  # a long document: cut inside it
+                    if len(buf) - end > MAX_CARRY_CHARS and not self.whole_documents:  # cut inside it
                         cut = safe_cut(buf, end, len(buf) - MAX_CARRY_CHARS // 4, self.cuts, self.special_re,
                                        self.anywhere)
                         if cut < 0 and len(buf) - end > HARD_CARRY_CHARS:
@@ -169,11 +187,13 @@ class DocumentReader:
                             self.unsafe_cuts += 1
                         end = max(end, cut)
                 block, carry = self._block(buf, end, nbytes), buf[end:]
+                tail = carry[-keep:]
                 del buf  # hold only the segments while the block is being encoded
                 yield block
 
     def _block(self, buf: str, end: int, nbytes: int) -> Block:
-        """Segments of buf[:end], which ends at a document end or a safe cut."""
+        """Segments of buf[:end], which ends at a document end or a safe cut; with whole_documents,
+        one segment per document."""
         runs: list[tuple[int, int, int]] = []  # (split, start, stop)
         docs = [0, 0]
         start = 0
@@ -196,7 +216,10 @@ class DocumentReader:
         segments = []
         seg, eot = self.segment_chars, len(EOT_TOKEN)
         for split, a, b in runs:
-            while b - a > seg:
+            while self.whole_documents and (cut := buf.find(EOT_TOKEN, a, b)) >= 0 and cut + eot < b:
+                segments.append((split, buf[a:cut + eot]))
+                a = cut + eot
+            while b - a > seg and not self.whole_documents:
                 cut = buf.find(EOT_TOKEN, a + seg, min(b, a + 4 * seg))  # a document end, else a safe cut
                 cut = cut + eot if cut >= 0 else safe_cut(buf, a + seg // 2, a + seg, self.cuts, self.special_re,
                                                           self.anywhere)

@@ -30,13 +30,17 @@ summary warns.
 
 Scale. Everything streams. Files are read in 4 MB blocks cut at document ends; inside a very long
 document, just before a space/tab/newline that follows a non-whitespace character: GPT-2's
-pre-tokenizer always splits there, so the ids equal those of the whole document. Blocks are encoded
-on all cores (tiktoken when it is exact, else HF `encode_batch`) while the next block is read and a
-writer thread appends the previous one's ids to the .bin and the .gz. BPE training sees
+pre-tokenizer always splits there, so the ids equal those of the whole document. That holds for the
+tokenizers this script trains, not for every reused one (a prefix space, a normalizer, a Metaspace
+pre-tokenizer...: tokenizer_bpe.whitespace_cuts_exact): with those, a note says so and each document
+is encoded whole, as its own text (slower on very long documents, each held in memory whole). Blocks
+are encoded on all cores (tiktoken when it is exact, else HF `encode_batch`) while the next block is
+read and a writer thread appends the previous one's ids to the .bin and the .gz. BPE training sees
 --train_sample_bytes of text (default 100 MB) in 1 MB pieces evenly spread over the corpus; the HF
 trainer's memory grows with the distinct words in its sample, about 1 KB each (1.5 GB peak for a
 heavy-tailed 100 MB sample with 1.4M distinct words: lower the sample on a small machine).
-Encoding itself holds a few blocks (~150-250 MB peak RSS measured), whatever the corpus size.
+Encoding itself holds a few blocks (~150-250 MB peak RSS measured), whatever the corpus size (and,
+with a tokenizer whose documents are encoded whole, the longest document).
 
 Every output goes to a temporary file beside it, renamed only when all succeeded, metadata last: a
 failed or interrupted run leaves the previous outputs as they were and never a file set that looks
@@ -403,13 +407,27 @@ class Stats:
     untokenized_chat_markers: int
 
 
+def cuts_are_exact(tok) -> bool:
+    """Whether cutting a long document just before whitespace keeps its ids with this BPE tokenizer
+    (always with those trained here, and whenever tiktoken is used); if not, a note says why."""
+    from tokenizer_bpe import whitespace_cuts_exact
+
+    exact, why = whitespace_cuts_exact(json.loads(tok.tokenizer.to_str()))
+    if not exact:
+        print(f"note: {tok.path or 'the tokenizer'}: each document is encoded whole, never cut inside (slower "
+              f"on very long documents, each held in memory whole): a cut could change its ids, as {why}",
+              file=sys.stderr)
+    return exact
+
+
 def encode_corpus(files, tok, encoder, sinks: list[Sink], dtype: np.dtype, errors: str, val_docs: int,
                   total_docs: int, total_bytes: int) -> Stats:
     """Read, encode and write in a pipeline: while block k is encoded (all cores, no GIL), the main
     thread reads and cuts block k+1 and the writer thread compresses block k-1."""
     specials = added_tokens(tok)
     kind = "char" if isinstance(tok, CharTokenizer) else tok.encoder_name
-    reader = DocumentReader(files, errors, specials, kind == "char", val_docs, total_docs, SEGMENT_CHARS[kind])
+    reader = DocumentReader(files, errors, specials, kind == "char", val_docs, total_docs, SEGMENT_CHARS[kind],
+                            whole_documents=kind != "char" and not cuts_are_exact(tok))
     watch = [m for m in CHAT_SPECIAL_TOKENS[:2] if m not in specials]
     markers = 0
     writer = Writer(sinks)

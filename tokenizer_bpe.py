@@ -91,32 +91,46 @@ def _merge_pairs(merges: list) -> list[tuple[str, str]]:
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
 
 
+def whitespace_cuts_exact(data: dict) -> tuple[bool, str]:
+    """(True, "exact") when, for this `tokenizers` JSON dict, encoding text[:p] and text[p:] apart gives
+    the ids of text wherever text[p] is a space, tab or newline after a non-whitespace character (GPT-2's
+    pre-tokenizer always splits there; corpus_stream cuts long documents there), else (False, reason).
+    These are tiktoken_conversion's checks of what surrounds the model, so a tokenizer tiktoken can
+    encode always passes; the model itself only ever sees one pre-token at a time."""
+    pre = data.get("pre_tokenizer") or {}
+    if data.get("normalizer") is not None:
+        return False, f"it has a normalizer ({data['normalizer'].get('type')})"
+    if data.get("post_processor") is not None:
+        return False, f"it has a post-processor ({data['post_processor'].get('type')})"
+    if data.get("truncation") is not None or data.get("padding") is not None:
+        return False, "it has truncation or padding enabled"
+    if pre.get("type") != "ByteLevel":
+        return False, f"the pre-tokenizer is {pre.get('type')!r}, not ByteLevel"
+    if pre.get("add_prefix_space") or not pre.get("use_regex", True):
+        return False, (f"the ByteLevel pre-tokenizer has add_prefix_space={pre.get('add_prefix_space')}, "
+                       f"use_regex={pre.get('use_regex', True)} (needs False, True)")
+    for t in data.get("added_tokens") or []:
+        flags = [k for k in ("lstrip", "rstrip", "single_word", "normalized") if t.get(k)]
+        if flags:
+            return False, f"added token {t.get('content')!r} sets {', '.join(flags)}"
+    return True, "exact"
+
+
 def tiktoken_conversion(data: dict) -> tuple[dict[bytes, int] | None, dict[str, int], str]:
     """From a `tokenizers` JSON dict, the tiktoken `mergeable_ranks` and `special_tokens` that give
     exactly HF's ids, or (None, {}, reason) when the conversion would differ. Needs no tiktoken."""
-    model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
+    model = data.get("model") or {}
     if model.get("type") != "BPE":
         return None, {}, f"the model is {model.get('type')!r}, not BPE"
     for key, bad in (("dropout", lambda v: v not in (None, 0, 0.0)), ("byte_fallback", bool),
                      ("continuing_subword_prefix", bool), ("end_of_word_suffix", bool)):
         if bad(model.get(key)):
             return None, {}, f"the BPE model sets {key}={model.get(key)!r}"
-    if data.get("normalizer") is not None:
-        return None, {}, f"it has a normalizer ({data['normalizer'].get('type')})"
-    if data.get("post_processor") is not None:
-        return None, {}, f"it has a post-processor ({data['post_processor'].get('type')})"
-    if data.get("truncation") is not None or data.get("padding") is not None:
-        return None, {}, "it has truncation or padding enabled"
-    if pre.get("type") != "ByteLevel":
-        return None, {}, f"the pre-tokenizer is {pre.get('type')!r}, not ByteLevel"
-    if pre.get("add_prefix_space") or not pre.get("use_regex", True):
-        return None, {}, (f"the ByteLevel pre-tokenizer has add_prefix_space={pre.get('add_prefix_space')}, "
-                          f"use_regex={pre.get('use_regex', True)} (needs False, True)")
+    ok, reason = whitespace_cuts_exact(data)  # what surrounds the model: tiktoken only pre-tokenizes like GPT-2
+    if not ok:
+        return None, {}, reason
     specials: dict[str, int] = {}
     for t in data.get("added_tokens") or []:
-        flags = [k for k in ("lstrip", "rstrip", "single_word", "normalized") if t.get(k)]
-        if flags:
-            return None, {}, f"added token {t.get('content')!r} sets {', '.join(flags)}"
         if not t.get("content"):
             return None, {}, "an added token is empty"
         specials[t["content"]] = int(t["id"])

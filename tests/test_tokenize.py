@@ -112,15 +112,22 @@ def test_several_inputs_globs_and_plain_text_documents(trained, tmp_path):
 
 
 def test_long_documents_are_cut_where_ids_do_not_change(trained, tmp_path, monkeypatch, capsys):
-    """In-process with tiny limits: a 300 kB document is encoded in many pieces; the ids equal
-    those of encoding it whole, special tokens and whitespace runs included."""
+    """In-process with tiny limits: a 300 kB document is encoded in many pieces (our tokenizer is
+    GPT-2-style, so it keeps the fast segment cuts); the ids equal those of encoding it whole,
+    special tokens and whitespace runs included."""
     monkeypatch.setattr(corpus_stream, "MAX_CARRY_CHARS", 20_000)
     monkeypatch.setattr(corpus_stream, "BLOCK_BYTES", 7_000)
     monkeypatch.setattr(T, "SEGMENT_CHARS", dict.fromkeys(T.SEGMENT_CHARS, 3_000))
-    buffers = []  # the text the reader holds per block: bounded by the limits above, not the document
+    buffers, segments = [], []  # the text the reader holds per block: bounded by the limits above
     whole_block = corpus_stream.DocumentReader._block
-    monkeypatch.setattr(corpus_stream.DocumentReader, "_block",
-                        lambda self, buf, end, nbytes: buffers.append(len(buf)) or whole_block(self, buf, end, nbytes))
+
+    def block(self, buf, end, nbytes):
+        buffers.append(len(buf))
+        b = whole_block(self, buf, end, nbytes)
+        segments.extend(len(text) for _, text in b.segments)
+        return b
+
+    monkeypatch.setattr(corpus_stream.DocumentReader, "_block", block)
     rng = random.Random(5)
     parts = ["word", "wörd", "東京", "x1", "'s", "don't", "!!", "<|user|>", "<|endoftext", "🙂", "12345", "\u3000"]
     spaces = [" ", "  ", "\n", "\r\n", "\t", " \n ", "    \r\n"]
@@ -134,8 +141,70 @@ def test_long_documents_are_cut_where_ids_do_not_change(trained, tmp_path, monke
         tok.set_encoder("hf")
         ids = np.fromfile(out / "tokens_bpe.bin", dtype=np.uint16).tolist()
         assert ids == tok.encode(text + EOT_TOKEN)
-    assert len(buffers) > 40 and max(buffers) < 30_000, max(buffers)
-    assert "cut arbitrarily" not in capsys.readouterr().err
+    assert len(buffers) > 80 and max(buffers) < 30_000, max(buffers)  # both encoders: > 40 blocks each
+    # ~3,000-character segments, but for the trailing 5,000 spaces (no safe cut), once per encoder
+    assert len(segments) > 150 and sum(n > 3_000 for n in segments) == 2, sorted(segments)[-3:]
+    err = capsys.readouterr().err
+    assert "cut arbitrarily" not in err and "encoded whole" not in err
+
+
+def _reused_tokenizer(path: Path, kind: str, text: str) -> Path:
+    """A `tokenizers` file not made by our trainer, with the pipeline piece `kind`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if kind == "prefix space":  # RoBERTa-style: a space before every piece that lacks one
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    elif kind == "normalizer":  # Strip changes the ids of a piece cut before whitespace; NFKC/Lowercase do not
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(), normalizers.Strip()])
+        tok.pre_tokenizer = byte_level
+    else:  # sentencepiece-style: "▁" before the first piece of each encoded text only
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=[EOT_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([text.replace(EOT_TOKEN, " ")], trainer)
+    tok.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["prefix space", "normalizer", "metaspace first"])
+def test_reused_tokenizer_whose_ids_change_at_cuts_encodes_each_document_whole(tmp_path, monkeypatch, capsys, kind):
+    """With a prefix space, a normalizer or a Metaspace pre-tokenizer, a piece of a document is not
+    encoded as it is inside the whole: the .bin holds each document's own whole encode (its EOT
+    included), however long the document and however small the read and segment sizes."""
+    monkeypatch.setattr(corpus_stream, "MAX_CARRY_CHARS", 6_000)
+    monkeypatch.setattr(corpus_stream, "HARD_CARRY_CHARS", 12_000)
+    monkeypatch.setattr(corpus_stream, "BLOCK_BYTES", 4_000)
+    monkeypatch.setattr(T, "SEGMENT_CHARS", dict.fromkeys(T.SEGMENT_CHARS, 1_000))
+    segments = []
+    whole_block = corpus_stream.DocumentReader._block
+
+    def block(self, buf, end, nbytes):
+        b = whole_block(self, buf, end, nbytes)
+        segments.extend(text for _, text in b.segments)
+        return b
+
+    monkeypatch.setattr(corpus_stream.DocumentReader, "_block", block)
+    rng = random.Random(7)
+    words = ["Word", "wörd", "ＡＢＣ", "ﬁne", "x1", "don't", "!!", "東京", "🙂", "12345"]
+    long_doc = "".join(rng.choice(words) + rng.choice([" ", "\n", "  ", "\t", "\r\n", " \n"])
+                       for _ in range(3_000))  # ~20K characters, with no EOT
+    docs = make_docs(30, seed=4)[1:4] + [long_doc] + make_docs(30, seed=5)[1:] + ["\n last one "]
+    text = "".join(d + EOT_TOKEN for d in docs)
+    write(tmp_path / "in.txt", text)
+    tok_file = _reused_tokenizer(tmp_path / "reused.json", kind, text)
+    assert T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(tok_file), "--encoder", "auto",
+                   "--output_dir", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    tok = load_tokenizer(tok_file).tokenizer
+    expected = [i for d in docs for i in tok.encode(d + EOT_TOKEN, add_special_tokens=False).ids]
+    ids = np.fromfile(tmp_path / "out" / "tokens_bpe.bin", dtype=np.uint16).tolist()
+    assert len(ids) == len(expected) and ids == expected
+    assert segments == [d + EOT_TOKEN for d in docs]  # one segment per document, the long one whole
+    assert "each document is encoded whole" in err and "cut arbitrarily" not in err
+    assert {"prefix space": "add_prefix_space=True", "normalizer": "normalizer (Sequence)",
+            "metaspace first": "'Metaspace'"}[kind] in err
 
 
 def test_val_fraction_splits_whole_documents_deterministically(trained, tmp_path):
