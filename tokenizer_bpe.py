@@ -100,8 +100,9 @@ def whitespace_cuts_exact(data: dict) -> tuple[bool, str]:
     pre = data.get("pre_tokenizer") or {}
     if data.get("normalizer") is not None:
         return False, f"it has a normalizer ({data['normalizer'].get('type')})"
-    if data.get("post_processor") is not None:
-        return False, f"it has a post-processor ({data['post_processor'].get('type')})"
+    post = data.get("post_processor")
+    if post is not None and post.get("type") != "ByteLevel":  # GPT-2's own: it trims offsets, never ids
+        return False, f"it has a post-processor ({post.get('type')})"
     if data.get("truncation") is not None or data.get("padding") is not None:
         return False, "it has truncation or padding enabled"
     if pre.get("type") != "ByteLevel":

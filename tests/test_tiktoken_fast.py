@@ -53,7 +53,8 @@ def _raw(normalizer=None, prefix_space=False, use_regex=True, alphabet=True, pos
     (lambda: _raw(prefix_space=True), "add_prefix_space=True"),
     (lambda: _raw(use_regex=False), "use_regex=False"),
     (lambda: _raw(alphabet=False), "missing from the vocabulary"),
-    (lambda: _raw(post=processors.ByteLevel(trim_offsets=True)), "post-processor"),
+    (lambda: _raw(post=processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 0)])),
+     "post-processor"),
 ])
 def test_conversion_refused_where_ids_would_differ(make, reason):
     tok = make()
@@ -117,6 +118,19 @@ def test_ids_equal_hf_on_every_code_point_and_special_tokens(bpe):
     ids = bpe.encode("<|user|>hi<|assistant|>yo<|endoftext|>")
     assert ids[0] == 1 and 2 in ids and ids[-1] == 0
     assert 1 not in bpe.encode("<|user hi <|foo|>")  # fake special tokens stay text
+
+
+def test_gpt2_style_bytelevel_post_processor_keeps_the_fast_path():
+    """GPT-2's own tokenizer.json (and an import_hf folder made from it) carries a ByteLevel
+    post-processor: it only trims offsets, so tiktoken and whole-document cuts stay exact."""
+    tok = _raw(post=processors.ByteLevel(trim_offsets=True))
+    encoding, why = tiktoken_encoding(tok)
+    assert why == "exact" and encoding is not None
+    texts = _unicode_texts()[::4]
+    assert [encoding.encode(t, allowed_special="all") for t in texts] == _hf_ids(tok, texts)
+    wrapped = BPETokenizer()
+    wrapped._tok = tok
+    assert wrapped.encoder_name == "tiktoken" and wrapped.encode_batch(texts) == _hf_ids(tok, texts)
 
 
 def test_prefix_overlapping_special_tokens_match_hf():
