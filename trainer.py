@@ -268,6 +268,10 @@ class Trainer:
     def probe_micro_batch(self, b) -> None:
         """DDP only: find a micro-batch that fits on every rank before step 1 (an OOM inside a
         synchronised backward would hang the other ranks, so it is not retried mid-run)."""
+        # AdamW allocates its two moments at the first step, after this probe: on a fresh start,
+        # hold that much memory while probing so the step that follows fits too
+        moments = [] if self.opt.state else [torch.empty_like(q) for q in self.raw.parameters() if q.requires_grad
+                                             for _ in range(2)]
         while True:
             m, ok = self.p.micro_batch_size, 1.0
             rng = capture_rng(self.device)
@@ -286,6 +290,7 @@ class Trainer:
             t = torch.tensor([ok], device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
             if t.item() == 1.0:
+                moments.clear()  # freed for the real ones (the CUDA allocator keeps the blocks)
                 return
             if m == 1:
                 raise UserError(f"out of memory at micro-batch 1 x block_size {self.T} on some rank: "
