@@ -1,14 +1,25 @@
-"""Test helper shared by the trainer, fault and bad-input tests: a character-level token file set
-(.bin + tokenizer + metadata, as tokenize_local_bpe.py writes them) made from a given text."""
+"""Test helpers shared by the trainer, fault and bad-input tests: random word documents, and a
+character-level token file set (.bin + tokenizer + metadata, as tokenize_local_bpe.py writes them)
+made from a given text."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 
 from common import sha256_file
 from tokenizer import CharTokenizer, special_tokens_for
+
+
+WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
+
+
+def word_documents(n_docs: int, seed: int) -> str:
+    """n_docs documents of 12 random WORDS each, each ended by <|endoftext|> (the same text for a seed)."""
+    rng = random.Random(seed)
+    return "".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(n_docs))
 
 
 def write_char_dataset(folder: Path, text: str, name: str = "data") -> dict:

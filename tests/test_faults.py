@@ -11,7 +11,6 @@ import errno
 import gzip
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -33,15 +32,15 @@ import train_io  # noqa: E402
 from common import UserError, sha256_file  # noqa: E402
 from model import TransformerLanguageModel  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
-from char_data import write_char_dataset  # noqa: E402
+from char_data import word_documents, write_char_dataset  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if k != "GPT_DEBUG"} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
 TRAIN = ["--device", "cpu", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
          "--batch_size", "4", "--compile", "off", "--dtype", "fp32", "--eval_every_steps", "0",
          "--save_every_steps", "0", "--save_every_minutes", "0", "--seed", "0", "--log_every_steps", "1"]
 FSIZE_LAUNCHER = ("import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
                   "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(script: str, *args: str, fsize: int | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -61,20 +60,10 @@ def one_error_line(p: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    text = "".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(300))
-    files = write_char_dataset(d, text)
+    files = write_char_dataset(d, word_documents(300, seed=0))
     return {"dir": d, "args": ["--bin_file", str(files["bin"]), "--tokenizer_file", str(files["tok"]),
                                "--metadata_file", str(files["meta"])]}
 
@@ -195,8 +184,7 @@ def test_crash_between_the_two_renames_is_recovered(ckpt, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def big_corpus(tmp_path_factory) -> Path:
     """About 11 MB of documents: long enough to SIGKILL the tokenizer while it writes."""
-    rng = random.Random(1)
-    block = "".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(2000))
+    block = word_documents(2000, seed=1)
     path = tmp_path_factory.mktemp("big") / "big.txt"
     with open(path, "w") as f:
         for i in range(80):
@@ -289,9 +277,8 @@ def test_truncated_gz_is_never_taken_for_whole(data, tmp_path) -> None:
     """A .bin.gz cut short (a Drive upload interrupted) fails gzip -t, and what gunzip salvages from
     it is refused by the trainer, whose metadata check names the size mismatch."""
     out = tmp_path / "tok"
-    rng = random.Random(2)
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(400)))
+    corpus.write_text(word_documents(400, seed=2))
     p = subprocess.run(tokenize_cmd(corpus, out), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
     meta = check_complete(out)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import train_colab_mmap as tcm  # noqa: E402
 from common import UserError  # noqa: E402
 from model import TransformerLanguageModel  # noqa: E402
-from char_data import write_char_dataset  # noqa: E402
+from char_data import WORDS, word_documents, write_char_dataset  # noqa: E402
 from train_io import epoch_permutation  # noqa: E402
 from trainer import lr_at  # noqa: E402
 
@@ -32,22 +32,14 @@ SMALL = ["--device", "cpu", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
          "--dtype", "fp32", "--compile", "off", "--lr", "3e-3", "--seed", "0", "--log_every_steps", "1",
          "--eval_every_steps", "0", "--save_every_steps", "0", "--save_every_minutes", "0", "--keep_last", "0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    rng = random.Random(0)
-    text = "".join(" ".join(rng.choice(WORDS) for _ in range(12)) + ".<|endoftext|>" for _ in range(1500))
-    return write_char_dataset(tmp_path_factory.mktemp("data"), text)
+    return write_char_dataset(tmp_path_factory.mktemp("data"), word_documents(1500, seed=0))
 
 
 def data_args(d: dict) -> list[str]:
