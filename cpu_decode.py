@@ -13,10 +13,10 @@ inputs (prefill), calls outside torch.inference_mode (the caller's own code whil
 generator is paused, say), other devices and other dtypes go through nn.Linear as usual; outside
 the context the model is untouched. The copies cost memory: 0.8x the model's weights (438 MB for
 gpt2_small at a 32k vocabulary, fp32). Each is made at its layer's first few-row call (0.3 s in
-all for gpt2_small) and kept for later calls while the weight keeps its storage, its in-place
-version counter (optimizer steps, load_state_dict) and its values (compared in full at the start
-of every call, 0.07 s for gpt2_small: writes through .data do not bump the version counter); the
-copies are freed with the model. Set ENABLED = False to give that memory back at the old speed.
+all for gpt2_small) and kept for later calls while the weight keeps its values, compared in full
+at the start of every call (0.09 s for gpt2_small; PyTorch's version counter would be cheaper but
+misses writes through .data); the copies are freed with the model. Set ENABLED = False to give
+that memory back at the old speed.
 """
 from __future__ import annotations
 
@@ -31,33 +31,31 @@ import torch.nn.functional as F
 
 ENABLED = True
 SMALL_ROWS = 3
-_copies: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]]" = weakref.WeakKeyDictionary()
-
-
-def _key(weight: torch.Tensor) -> tuple:
-    return weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype
+_copies: "weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
 def _same_values(weight_t: torch.Tensor, weight: torch.Tensor, rows: int = 512) -> bool:
     """weight_t.t() == weight, compared in blocks of rows that stay in cache (a whole transposed
-    compare is 3.5x slower). Writes through .data leave the version counter alone; this sees them."""
+    compare is 3.5x slower). Exact, so writes through .data (which leave PyTorch's version counter
+    alone) are seen too; a changed weight differs in its first block and costs next to nothing."""
     w = weight.detach()
-    return all(torch.equal(weight_t[:, i:i + rows].t(), w[i:i + rows]) for i in range(0, w.size(0), rows))
+    return weight_t.shape == w.shape[::-1] and all(
+        torch.equal(weight_t[:, i:i + rows].t(), w[i:i + rows]) for i in range(0, w.size(0), rows))
 
 
-def _drop_stale(cache: dict[str, tuple], linears: list[tuple[str, nn.Linear]]) -> None:
+def _drop_stale(cache: dict[str, torch.Tensor], linears: list[tuple[str, nn.Linear]]) -> None:
     for name, linear in linears:
-        if name in cache and (cache[name][0] != _key(linear.weight) or not _same_values(cache[name][1], linear.weight)):
+        if name in cache and not _same_values(cache[name], linear.weight):
             del cache[name]
 
 
-def _few_rows_linear(linear: nn.Linear, cache: dict[str, tuple], name: str, x: torch.Tensor) -> torch.Tensor:
+def _few_rows_linear(linear: nn.Linear, cache: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.size(-1)
     if rows > SMALL_ROWS or x.dtype != linear.weight.dtype or not torch.is_inference_mode_enabled():
         return F.linear(x, linear.weight, linear.bias)
     if name not in cache:  # made at the first few-row call, so prefill-only (batch >= 4) runs never pay
-        cache[name] = (_key(linear.weight), linear.weight.detach().t().contiguous())
-    weight_t = cache[name][1]
+        cache[name] = linear.weight.detach().t().contiguous()
+    weight_t = cache[name]
     x2 = x.reshape(rows, x.size(-1))
     out = x2 @ weight_t if linear.bias is None else torch.addmm(linear.bias, x2, weight_t)
     return out.view(*x.shape[:-1], weight_t.size(1))

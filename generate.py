@@ -107,7 +107,7 @@ def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], tem
 @contextlib.contextmanager
 def _decoding(model: nn.Module) -> Iterator[None]:
     """Eval mode (the previous mode restored afterwards) and cpu_decode's weight layout: on the CPU,
-    1-3 rows are multiplied by (in, out) copies of the weights, 1.2-1.8x faster."""
+    1-3 rows are multiplied by (in, out) copies of the weights, 1.2-1.7x faster."""
     was_training = model.training
     model.eval()
     try:

@@ -287,9 +287,13 @@ class TransformerLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """The final LayerNorm's output (B, T, n_embd): everything but the head. With kv_cache, idx
-        continues the cached positions and the cache advances by T."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, last_only: bool = False,
+                loss_chunk_size: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Returns (logits, loss). logits: (B, T, vocab_size), or (B, 1, vocab_size) with last_only.
+        loss ignores targets == -100. With loss_chunk_size > 0 and targets, the loss is computed
+        over chunks of tokens whose logits are recomputed in backward, and logits come back None:
+        a (B*T, 32k) logits tensor never lives in memory."""
         B, T = idx.size()
         if kv_cache is not None:
             if kv_cache.pos + T > kv_cache.max_len:
@@ -304,19 +308,9 @@ class TransformerLanguageModel(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x, kv_cache)
+        x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos += T
-        return self.transformer.ln_f(x)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, last_only: bool = False,
-                loss_chunk_size: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Returns (logits, loss). logits: (B, T, vocab_size), or (B, 1, vocab_size) with last_only.
-        loss ignores targets == -100. With loss_chunk_size > 0 and targets, the loss is computed
-        over chunks of tokens whose logits are recomputed in backward, and logits come back None:
-        a (B*T, 32k) logits tensor never lives in memory."""
-        B, T = idx.size()
-        x = self.hidden_states(idx, kv_cache)
         V = self.config.vocab_size
         if targets is not None and loss_chunk_size > 0:
             return None, chunked_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),

@@ -107,7 +107,7 @@ def bench_one(size: str, vocab: int, batch: int, prompt_len: int, new_tokens: in
     row.update({f"{k}_s": v for k, v in times.items()})
     outs = {k: v.cpu() for k, v in outs.items()}
     row["nocache_same"] = torch.equal(outs["cache"], outs["nocache"]) and torch.equal(outs["cache"], outs["nocopy"])
-    row["copies_mb"] = sum(c[1].numel() * c[1].element_size() for c in cpu_decode._copies.get(model, {}).values()) / 1e6
+    row["copies_mb"] = sum(c.numel() * c.element_size() for c in cpu_decode._copies.get(model, {}).values()) / 1e6
     if "hf" in outs:
         out_hf, out_cache = outs["hf"], outs["cache"]
         row["hf_same"] = out_hf.shape == out_cache.shape and torch.equal(out_hf, out_cache)
