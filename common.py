@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -73,20 +74,30 @@ def _give_default_mode(path: Path, base: int) -> None:
     os.chmod(path, base & ~mask)
 
 
+def temp_file_beside(path: Path) -> Path:
+    """A new empty file .tmp-NAME.XXXXXXXX beside `path`, with the mode open() would give it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    _give_default_mode(Path(tmp), 0o666)  # mkstemp makes 0600 files
+    return Path(tmp)
+
+
+def temp_file_pattern(path: Path) -> re.Pattern:
+    """The names temp_file_beside(path) makes (mkstemp adds 8 characters of [a-z0-9_])."""
+    return re.compile(rf"\.tmp-{re.escape(path.name)}\.[a-z0-9_]{{8}}")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed over `path`,
     on any failure it is removed, so `path` is either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_file_beside(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        _give_default_mode(tmp_path, 0o666)  # mkstemp makes 0600 files
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

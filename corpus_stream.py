@@ -216,17 +216,19 @@ class DocumentReader:
         segments = []
         seg, eot = self.segment_chars, len(EOT_TOKEN)
         for split, a, b in runs:
-            while self.whole_documents and (cut := buf.find(EOT_TOKEN, a, b)) >= 0 and cut + eot < b:
-                segments.append((split, buf[a:cut + eot]))
-                a = cut + eot
-            while b - a > seg and not self.whole_documents:
-                cut = buf.find(EOT_TOKEN, a + seg, min(b, a + 4 * seg))  # a document end, else a safe cut
-                cut = cut + eot if cut >= 0 else safe_cut(buf, a + seg // 2, a + seg, self.cuts, self.special_re,
-                                                          self.anywhere)
-                if cut < 0 or cut >= b:
-                    break
-                segments.append((split, buf[a:cut]))
-                a = cut
+            if self.whole_documents:
+                while (cut := buf.find(EOT_TOKEN, a, b)) >= 0 and cut + eot < b:
+                    segments.append((split, buf[a:cut + eot]))
+                    a = cut + eot
+            else:
+                while b - a > seg:
+                    cut = buf.find(EOT_TOKEN, a + seg, min(b, a + 4 * seg))  # a document end, else a safe cut
+                    cut = cut + eot if cut >= 0 else safe_cut(buf, a + seg // 2, a + seg, self.cuts, self.special_re,
+                                                              self.anywhere)
+                    if cut < 0 or cut >= b:
+                        break
+                    segments.append((split, buf[a:cut]))
+                    a = cut
             segments.append((split, buf[a:b]))
         return Block(segments, nbytes, (docs[0], docs[1]))
 

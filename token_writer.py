@@ -7,16 +7,14 @@ import gzip
 import hashlib
 import os
 import queue
-import re
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from common import atomic_write_json
+from common import atomic_write_json, temp_file_beside, temp_file_pattern
 
 try:
     import fcntl
@@ -103,13 +101,8 @@ class Outputs:
         self.tmp: dict[Path, Path] = {}
 
     def temp(self, final: Path) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
-        os.close(fd)
-        mask = os.umask(0)  # mkstemp makes 0600 files; give the results the usual permissions
-        os.umask(mask)
-        os.chmod(name, 0o666 & ~mask)
-        self.tmp[final] = Path(name)
-        return Path(name)
+        self.tmp[final] = temp_file_beside(final)
+        return self.tmp[final]
 
     def discard(self) -> None:
         for t in self.tmp.values():
@@ -130,12 +123,6 @@ class Outputs:
 
 
 # ---------------------------------------------------------------------------- leftovers of interrupted runs
-
-def temp_name_pattern(final: Path) -> re.Pattern:
-    """The names of `final`'s temporaries: Outputs.temp and common.atomic_path both use
-    tempfile.mkstemp(prefix=".tmp-NAME.", no suffix), which adds 8 characters of [a-z0-9_]."""
-    return re.compile(rf"\.tmp-{re.escape(final.name)}\.[a-z0-9_]{{8}}")
-
 
 class RunLock:
     """A shared flock on the output folder, held while this run writes there, so that a run can tell
@@ -164,7 +151,7 @@ class RunLock:
         when no other run is live here, and only files older than this run's start."""
         if not self.alone:
             return []
-        patterns = [temp_name_pattern(f) for f in finals]
+        patterns = [temp_file_pattern(f) for f in finals]
         removed = []
         with os.scandir(self.out_dir) as entries:
             for e in entries:

@@ -52,7 +52,7 @@ The reading side is corpus_stream.py, the writing side token_writer.py.
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import os
 import re
@@ -253,11 +253,9 @@ def validate_args(args: argparse.Namespace) -> Specials:
     if args.encoder == "tiktoken":
         if args.tokenizer_type == "char":
             raise UserError("--encoder tiktoken applies to BPE tokenizers; drop it for --tokenizer_type char")
-        try:
-            importlib.import_module("tiktoken")
-        except ImportError:
+        if importlib.util.find_spec("tiktoken") is None:
             raise UserError("--encoder tiktoken: tiktoken is not installed (pip install tiktoken, or make "
-                            "install-extra); or use --encoder auto") from None
+                            "install-extra); or use --encoder auto")
     if args.tokenizer is None and args.tokenizer_type != "char":
         if args.dtype == "uint16" and args.vocab_size > 65536:
             raise UserError(f"--dtype uint16 cannot hold --vocab_size {args.vocab_size} (ids up to "
