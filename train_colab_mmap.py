@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,13 +22,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, pick_device, read_json,
+from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, first_line, pick_device, read_json,
                     resolve_checkpoint_dir, sha256_file)
 from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
 from tokenizer import load_tokenizer
-from train_io import (TokenSource, assistant_mask_for, check_token_files, choose_data_mode, find_checkpoint,
-                      list_checkpoints, num_windows, plan_splits, read_checkpoint, recover_interrupted_saves)
-from trainer import Dist, Plan, Progress, Trainer
+from train_io import (Checkpoint, MetricsLog, Progress, Ranks, TokenSource, assistant_mask_for, capture_rng,
+                      check_token_files, choose_data_mode, eval_windows, find_checkpoint, list_checkpoints,
+                      num_windows, plan_splits, read_checkpoint, recover_interrupted_saves, restore_checkpoint,
+                      restore_rng, save_checkpoint, saved_optimizer, split_bytes, BatchStream)
+from train_step import (StopSignals, build_optimizers, evaluate, forward_backward, free_memory, halved_micro_batch,
+                        is_oom, lr_at, peak_flops, probe_bf16_speedup, probe_micro_batch)
+
+OPTIMIZERS, SCHEDULES = ("muon", "adamw"), ("wsd", "cosine")
+DEFAULT_MUON_LR = 0.02
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,15 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_steps", type=int, default=None)
     a("--max_tokens", type=int, default=None)
     a("--max_minutes", type=float, default=None, help="save and stop after this many minutes")
-    a("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 up to n_embd 256, else 6e-4)")
-    a("--min_lr", type=float, default=None, help="end of the cosine decay (default lr/10)")
+    a("--optimizer", default=None, choices=OPTIMIZERS,
+      help="muon: Muon for the matrices inside the blocks, AdamW for the rest; adamw: AdamW for all "
+           "(default: the resumed checkpoint's, else muon)")
+    a("--schedule", default=None, choices=SCHEDULES,
+      help="wsd: warmup, constant, then a linear decay over --decay_fraction of the run; cosine: warmup, "
+           "then cosine to --min_lr (default: the resumed checkpoint's, else wsd)")
+    a("--lr", type=float, default=None, help="peak learning rate of the AdamW groups (default: 1e-3 up to "
+                                             "n_embd 256, else 6e-4)")
+    a("--muon_lr", type=float, default=DEFAULT_MUON_LR,
+      help="peak learning rate of Muon (each matrix's update is scaled to AdamW's RMS, so it holds across widths)")
+    a("--min_lr", type=float, default=None, help="where the decay ends (default lr/10); Muon's ends at the same fraction")
+    a("--decay_fraction", type=float, default=0.3, help="wsd: the share of the run spent decaying")
     a("--warmup_steps", type=int, default=None, help="default: 5%% of planned steps, at most 2000")
     a("--weight_decay", type=float, default=0.1)
     a("--grad_clip", type=float, default=1.0, help="0: no clipping")
     a("--grad_accum_steps", type=int, default=None)
     a("--micro_batch_size", type=int, default=None, help="per-rank rows per forward (default: all; halved on OOM)")
     a("--loss_chunk_size", type=int, default=-1, help="tokens per loss chunk; -1: 2048 when vocab >= 8192, else 0 (off)")
-    a("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    a("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+      help="auto: bf16 on GPUs that have it (else fp16); on a CPU, bf16 if a probe measures it faster")
     a("--compile", default="auto", choices=["auto", "on", "off"], help="auto: on for CUDA")
     a("--device", default="auto", help="auto|cpu|cuda|mps")
     a("--seed", type=int, default=1337)
@@ -73,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log_every_steps", type=int, default=10)
     a("--save_every_steps", type=int, default=1000, help="0: off")
     a("--save_every_minutes", type=float, default=30.0, help="0: off")
-    a("--keep_last", type=int, default=3, help="step folders kept (best is never pruned; 0: keep all)")
+    a("--keep_last", type=int, default=3, help="step folders kept (best and decay_start are never pruned; 0: keep all)")
     a("--resume", default="auto", help="auto (from checkpoint_dir/latest) | never | PATH")
     a("--nan_patience", type=int, default=5, help="NaN/inf steps in a row before rolling back")
     a("--max_rollbacks", type=int, default=2)
@@ -83,61 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------- devices and precision
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16 (bf16 dot-product instructions); never assumed."""
-    if torch.backends.cpu.get_cpu_capability().startswith("AMX"):
-        return True
-    try:
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
-
-
-def choose_device(args: argparse.Namespace, d: Dist) -> torch.device:
-    if args.use_gpu:
-        if torch.cuda.is_available():
-            dev = torch.device("cuda")
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            dev = torch.device("mps")
-        else:
-            raise UserError(f"--use_gpu: torch {torch.__version__} sees no GPU (CUDA unavailable); in Colab choose "
-                            f"Runtime > Change runtime type > GPU, or drop --use_gpu to train on the CPU")
-        if args.device not in ("auto", dev.type):
-            raise UserError(f"--use_gpu conflicts with --device {args.device}; pass one of them")
-    else:
-        dev = pick_device(args.device)
-    if dev.type == "cuda" and d.world > 1:
-        dev = torch.device("cuda", d.local_rank)
-    return dev
-
-
-def choose_dtype(requested: str, device: torch.device, n_embd: int) -> tuple[str, str]:
-    cuda_bf16 = cuda_has_native_bf16(device)
-    if requested == "bf16" and device.type == "cuda" and not cuda_bf16:
-        raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --dtype fp16")
-    if requested != "auto":
-        return requested, "asked for"
-    if device.type == "cuda":
-        return ("bf16", "GPU supports bf16") if cuda_bf16 else ("fp16", "GPU lacks bf16; fp16 with a GradScaler")
-    if device.type == "cpu" and cpu_has_native_bf16() and n_embd >= 256:
-        return "bf16", "CPU has native bf16 units and n_embd >= 256"
-    return "fp32", f"{device.type}: " + ("model too narrow to gain from bf16" if device.type == "cpu" and
-                                         cpu_has_native_bf16() else "no native bf16 units")
-
-
-# ---------------------------------------------------------------------------- setup and validation
-
-def check_args(a: argparse.Namespace, d: Dist) -> None:
+def check_args(a: argparse.Namespace, ranks: Ranks) -> None:
     """Numbers that make no sense, caught before anything is read or allocated."""
     rules = [("--batch_size", a.batch_size, a.batch_size >= 1), ("--epochs", a.epochs, a.epochs >= 1),
              ("--max_steps", a.max_steps, a.max_steps is None or a.max_steps >= 1),
              ("--max_tokens", a.max_tokens, a.max_tokens is None or a.max_tokens >= 1),
              ("--max_minutes", a.max_minutes, a.max_minutes is None or a.max_minutes > 0),
-             ("--lr", a.lr, a.lr is None or a.lr > 0),
+             ("--lr", a.lr, a.lr is None or a.lr > 0), ("--muon_lr", a.muon_lr, a.muon_lr > 0),
              ("--min_lr", a.min_lr, a.min_lr is None or (0 <= a.min_lr and (a.lr is None or a.min_lr <= a.lr))),
+             ("--decay_fraction", a.decay_fraction, 0 < a.decay_fraction <= 1),
              ("--warmup_steps", a.warmup_steps, a.warmup_steps is None or a.warmup_steps >= 0),
              ("--val_fraction", a.val_fraction, 0 <= a.val_fraction <= 0.5),
              ("--dropout", a.dropout, 0 <= a.dropout < 1), ("--eval_batches", a.eval_batches, a.eval_batches >= 1),
@@ -153,12 +124,13 @@ def check_args(a: argparse.Namespace, d: Dist) -> None:
     for flag, value, ok in rules:
         if not ok:
             raise UserError(f"{flag} {value} is out of range; see --help")
-    if a.batch_size % d.world:
-        raise UserError(f"--batch_size {a.batch_size} is not divisible by the {d.world} ranks; use a multiple of {d.world}")
-    per_rank = a.batch_size // d.world
+    world = ranks.world_size
+    if a.batch_size % world:
+        raise UserError(f"--batch_size {a.batch_size} is not divisible by the {world} ranks; use a multiple of {world}")
+    per_rank = a.batch_size // world
     if a.grad_accum_steps and per_rank % a.grad_accum_steps:
         raise UserError(f"--grad_accum_steps {a.grad_accum_steps} does not divide the per-rank batch {per_rank} "
-                        f"(--batch_size {a.batch_size} over {d.world} ranks)")
+                        f"(--batch_size {a.batch_size} over {world} ranks)")
     if a.micro_batch_size and (a.micro_batch_size > per_rank or (
             a.grad_accum_steps and a.micro_batch_size * a.grad_accum_steps != per_rank)):
         raise UserError(f"--micro_batch_size {a.micro_batch_size} must be at most the per-rank batch {per_rank}"
@@ -171,26 +143,94 @@ def check_args(a: argparse.Namespace, d: Dist) -> None:
                 raise UserError(f"--{flag} needs the {pkg} package: pip install {pkg} (or drop --{flag})") from None
 
 
-def model_config(args: argparse.Namespace, vocab: int, found) -> GPTConfig | None:
+# ---------------------------------------------------------------------------- devices and precision
+
+def choose_device(args: argparse.Namespace, ranks: Ranks) -> torch.device:
+    if args.use_gpu:
+        if torch.cuda.is_available():
+            dev = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            dev = torch.device("mps")
+        else:
+            raise UserError(f"--use_gpu: torch {torch.__version__} sees no GPU (CUDA unavailable); in Colab choose "
+                            f"Runtime > Change runtime type > GPU, or drop --use_gpu to train on the CPU")
+        if args.device not in ("auto", dev.type):
+            raise UserError(f"--use_gpu conflicts with --device {args.device}; pass one of them")
+    else:
+        dev = pick_device(args.device)
+    return torch.device("cuda", ranks.local_rank) if dev.type == "cuda" and ranks.world_size > 1 else dev
+
+
+def choose_dtype(requested: str, device: torch.device, config: GPTConfig, rows: int) -> tuple[str, str]:
+    """The training precision and why. On a CPU, auto measures (probe_bf16_speedup) and takes bf16
+    only when its matrix multiplies run at least 1.1x faster: autocast also pays for casts."""
+    cuda_bf16 = cuda_has_native_bf16(device)
+    if requested == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --dtype fp16")
+    if requested != "auto":
+        return requested, "asked for"
+    if device.type == "cuda":
+        return ("bf16", "GPU supports bf16") if cuda_bf16 else ("fp16", "GPU lacks bf16; fp16 with a GradScaler")
+    if device.type != "cpu":
+        return "fp32", f"{device.type}: no bf16 autocast there by default"
+    speedup = probe_bf16_speedup(config, rows)
+    return ("bf16" if speedup >= 1.1 else "fp32"), f"measured: bf16 matmuls run {speedup:.2f}x fp32 at this model's shapes"
+
+
+# ---------------------------------------------------------------------------- model config and resume
+
+def find_resume_point(args: argparse.Namespace, ckdir: Path, say) -> Checkpoint | None:
+    if args.resume == "auto":
+        return find_checkpoint(ckdir, say)
+    if args.resume != "never":
+        folder = resolve_checkpoint_dir(args.resume)
+        try:
+            return read_checkpoint(folder)
+        except ValueError as e:
+            raise UserError(f"--resume {args.resume}: {folder} is unusable: {e}") from None
+    if ckdir.is_dir() and list_checkpoints(ckdir):
+        say(f"warning: --resume never: {ckdir} already holds checkpoints; same-named step folders will be replaced")
+    return None
+
+
+def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None) -> GPTConfig | None:
     """The config of the checkpoint being resumed, or of the flags; None for --init_from, whose
     weights are read only after the data has been checked (its block size: init_block_size)."""
-    if found is not None:
-        saved = found[3].get("args", {})
+    if resume is not None:
+        folder, saved = resume.folder, resume.trainer_state.get("args", {})
         for k in ("model_size", "block_size", "n_layer", "n_head", "n_embd", "tie_embeddings", "init_from"):
             if k in saved and saved[k] != getattr(args, k):
-                raise UserError(f"{found[0]} was trained with --{k} {saved[k]}, this run asks for {getattr(args, k)}: "
+                raise UserError(f"{folder} was trained with --{k} {saved[k]}, this run asks for {getattr(args, k)}: "
                                 f"pass the same model flags, another --checkpoint_dir, or --resume never")
-        cfg = GPTConfig.from_dict(json.loads((found[0] / "config.json").read_text()), str(found[0] / "config.json"))
+        cfg = GPTConfig.from_dict(read_json(folder / "config.json", "model config"), str(folder / "config.json"))
         if cfg.vocab_size != vocab:
-            raise UserError(f"{found[0]} has vocab_size {cfg.vocab_size} but --tokenizer_file has {vocab} tokens")
-        if sha256_file(found[0] / "tokenizer.json") != sha256_file(args.tokenizer_file):
-            raise UserError(f"--tokenizer_file {args.tokenizer_file} differs from the tokenizer {found[0]} was "
+            raise UserError(f"{folder} has vocab_size {cfg.vocab_size} but --tokenizer_file has {vocab} tokens")
+        if sha256_file(folder / "tokenizer.json") != sha256_file(args.tokenizer_file):
+            raise UserError(f"--tokenizer_file {args.tokenizer_file} differs from the tokenizer {folder} was "
                             f"trained with; pass that tokenizer, another --checkpoint_dir, or --resume never")
         return dataclasses.replace(cfg, dropout=args.dropout)
     if args.init_from:
         return None
     return get_config(args.model_size, vocab, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                       n_embd=args.n_embd, dropout=args.dropout, tie_embeddings=args.tie_embeddings or None)
+
+
+def choose_optimizer(requested: str | None, resume: Checkpoint | None, say) -> str:
+    """The checkpoint's optimizer on a resume (another one asked for is an error); else muon
+    (adamw on a torch without torch.optim.Muon, with a note)."""
+    if resume is not None:
+        saved = saved_optimizer(resume)
+        if requested not in (None, saved):
+            raise UserError(f"{resume.folder} was trained with --optimizer {saved}, this run asks for --optimizer "
+                            f"{requested}: pass --optimizer {saved}, another --checkpoint_dir, or --resume never")
+        return saved
+    if (requested or "muon") == "muon" and not hasattr(torch.optim, "Muon"):
+        if requested:
+            raise UserError(f"--optimizer muon needs torch.optim.Muon (torch >= 2.9; this is {torch.__version__}): "
+                            f"upgrade torch or pass --optimizer adamw")
+        say(f"note: torch {torch.__version__} has no torch.optim.Muon: training with AdamW")
+        return "adamw"
+    return requested or "muon"
 
 
 def init_block_size(args: argparse.Namespace, vocab: int) -> int:
@@ -213,135 +253,414 @@ def init_from_weights(args: argparse.Namespace, vocab: int, say) -> tuple[GPTCon
     T = args.block_size or c.block_size
     if T > c.block_size:
         raise UserError(f"--block_size {T} exceeds --init_from's block_size {c.block_size}")
-    sd = src.state_dict()
-    sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:T].clone()
+    weights = src.state_dict()
+    weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][:T].clone()
     say(f"init_from {args.init_from}: n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd} "
         f"(--model_size is ignored)")
-    return dataclasses.replace(c, block_size=T, dropout=args.dropout), sd
+    return dataclasses.replace(c, block_size=T, dropout=args.dropout), weights
 
 
-def init_distributed() -> Dist:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist()
-    return Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
+def wrap_model(model: TransformerLanguageModel, use_compile: bool, ranks: Ranks, device: torch.device):
+    """What the training step calls: the model, compiled and/or inside DDP."""
+    wrapped = torch.compile(model) if use_compile else model
+    if ranks.world_size > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    return wrapped
 
+
+# ---------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    d = init_distributed()
-
-    def say(msg: str) -> None:
-        if d.main:
-            print(msg, file=sys.stderr, flush=True)
-
-    check_args(args, d)
-    device = choose_device(args, d)
-    if d.world > 1 and not dist.is_initialized():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ranks = Ranks(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world) if world > 1 else Ranks()
+    check_args(args, ranks)
+    device = choose_device(args, ranks)
+    if ranks.world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return run(args, d, device, say)
+        return train(args, ranks, device)
     finally:
-        if d.world > 1 and dist.is_initialized():
+        if ranks.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def run(args: argparse.Namespace, d: Dist, device: torch.device, say) -> int:
-    tok = load_tokenizer(args.tokenizer_file)
-    V = tok.vocab_size
-    tf = check_token_files(args.bin_file, args.metadata_file, args.tokenizer_file, V)
+def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
+    bar = None  # the progress bar, once it exists: messages are written above it
+
+    def say(msg: str) -> None:
+        if ranks.is_main:
+            (bar.write if bar is not None else print)(msg, file=sys.stderr)
+
+    # ------------------------------------------------------------------ data, checked before any model exists
+    tokenizer = load_tokenizer(args.tokenizer_file)
+    V = tokenizer.vocab_size
+    token_file = check_token_files(args.bin_file, args.metadata_file, args.tokenizer_file, V)
     ckdir = Path(args.checkpoint_dir)
     if ckdir.exists() and not ckdir.is_dir():
         raise UserError(f"--checkpoint_dir {ckdir} is a file; pass a folder")
-    if d.main and ckdir.is_dir():
+    if ranks.is_main and ckdir.is_dir():
         recover_interrupted_saves(ckdir)
-    if d.world > 1:
+    if ranks.world_size > 1:
         dist.barrier()
-    found = None
-    if args.resume == "auto":
-        found = find_checkpoint(ckdir, say)
-    elif args.resume != "never":
-        folder = resolve_checkpoint_dir(args.resume)
-        try:
-            found = (folder, *read_checkpoint(folder))
-        except ValueError as e:
-            raise UserError(f"--resume {args.resume}: {folder} is unusable: {e}") from None
-    elif ckdir.is_dir() and list_checkpoints(ckdir):
-        say(f"warning: --resume never: {ckdir} already holds checkpoints; same-named step folders will be replaced")
-    config = model_config(args, V, found)
+    resume = find_resume_point(args, ckdir, say)
+    config = model_config(args, V, resume)
     T, B = (config.block_size if config else init_block_size(args, V)), args.batch_size
-
-    # data: validated before any model exists
-    n_train, val_range = plan_splits(tf, args.val_bin_file, args.val_fraction, T, B)
-    mask = assistant_mask_for(tok, args.tokenizer_file) if args.loss_on == "assistant" else None
-    mode = choose_data_mode(args.data_mode, n_train * tf.dtype.itemsize, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-    init_sd = None
+    train_split, val_split = plan_splits(token_file, args.val_bin_file, args.val_fraction, T, B)
+    mask = assistant_mask_for(tokenizer, args.tokenizer_file) if args.loss_on == "assistant" else None
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    data_mode = choose_data_mode(args.data_mode, len(train_split) * token_file.dtype.itemsize, local_ranks)
+    preload = data_mode == "preload"
+    init_weights = None
     if config is None:
-        config, init_sd = init_from_weights(args, V, say)
-    spe = num_windows(n_train, T) // B
-    total = args.epochs * spe
+        config, init_weights = init_from_weights(args, V, say)
+
+    # ------------------------------------------------------------------ how long, how fast, how precise
+    steps_per_epoch = num_windows(len(train_split), T) // B
+    total_steps = args.epochs * steps_per_epoch
     if args.max_steps:
-        total = min(total, args.max_steps)
+        total_steps = min(total_steps, args.max_steps)
     if args.max_tokens:
-        total = min(total, math.ceil(args.max_tokens / (B * T)))
+        total_steps = min(total_steps, math.ceil(args.max_tokens / (B * T)))
     lr = args.lr or (1e-3 if config.n_embd <= 256 else 6e-4)  # nanoGPT's char model / GPT-2 small
     if args.min_lr is not None and args.min_lr > lr:
         raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} (the default for n_embd "
                         f"{config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or --lr {args.min_lr:g}")
-    dtype, why = choose_dtype(args.dtype, device, config.n_embd)
-    plan = Plan(total_steps=total, warmup=args.warmup_steps if args.warmup_steps is not None else min(2000, total // 20),
-                lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, per_rank=B // d.world,
-                loss_chunk=args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0),
-                dtype=dtype, compile=args.compile == "on" or (args.compile == "auto" and device.type == "cuda"))
+    min_lr = args.min_lr if args.min_lr is not None else lr / 10
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(2000, total_steps // 20)
+    optimizer_name = choose_optimizer(args.optimizer, resume, say)
+    schedule = args.schedule or (resume.trainer_state.get("schedule", "cosine") if resume else "wsd")
+    per_rank = B // ranks.world_size
+    micro_batch = min(args.micro_batch_size, per_rank) if args.micro_batch_size else per_rank // (args.grad_accum_steps or 1)
+    loss_chunk = args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0)
+    dtype, dtype_why = choose_dtype(args.dtype, device, config, micro_batch * T)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # the model
-    train_src = TokenSource(tf, 0, n_train, preload=mode == "preload")
-    val_src = TokenSource(val_range[0], val_range[1], val_range[2], preload=mode == "preload") if val_range else None
+    # ------------------------------------------------------------------ model, optimizers, state
+    train_source = TokenSource(train_split, preload)
+    val_source = TokenSource(val_split, preload) if val_split else None
     torch.manual_seed(args.seed)
     model = TransformerLanguageModel(config)
-    if init_sd is not None:
-        model.load_state_dict(init_sd)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
     model.to(device).train()
-    if d.rank > 0:
-        torch.manual_seed(args.seed + d.rank)  # dropout differs per rank
-    if d.main:
+    if ranks.rank > 0:
+        torch.manual_seed(args.seed + ranks.rank)  # dropout differs per rank
+    optimizers = build_optimizers(model, optimizer_name, lr, min_lr, args.muon_lr, args.weight_decay, device.type)
+    scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
+    progress = Progress(micro_batch_size=micro_batch)
+    metrics = MetricsLog(ckdir, say) if ranks.is_main else None
+    if ranks.is_main:
         ckdir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(args, d, device, model, plan, train_src, val_src, mask, ckdir, Progress())
-    trainer.p.micro_batch_size = trainer.requested_micro_batch()
-    if found is not None:
-        trainer.restart_from(found[0], found[1], found[2])
-    elif d.main and trainer.metrics_file.exists():
-        os.replace(trainer.metrics_file, ckdir / f"metrics-{int(time.time())}.jsonl")
-    if d.main:
-        if args.wandb:
-            import wandb
-            wandb.init(project="gpt2-from-scratch", config=vars(args), dir=str(ckdir))
-            trainer.sinks.append(lambda r: wandb.log({k: v for k, v in r.items() if isinstance(v, (int, float))},
-                                                     step=r["step"]))
-        if args.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(str(ckdir / "tensorboard"))
-            trainer.sinks.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in r.items()
-                                            if isinstance(v, (int, float)) and k != "step"])
-    p = trainer.p
-    name = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
-    say(f"device {device} ({name}{d.world} rank{'s' * (d.world > 1)}), dtype {dtype} ({why}), "
-        f"compile {'on' if plan.compile else 'off'}")
+    if resume is not None:
+        restore_checkpoint(resume, model, optimizers, scaler, progress, ranks, device, args.seed)
+        if args.micro_batch_size is None and args.grad_accum_steps is None:
+            progress.micro_batch_size = min(progress.micro_batch_size, per_rank)  # the size that fitted last time
+        else:
+            progress.micro_batch_size = micro_batch
+        if metrics:
+            metrics.truncate_after(progress.step)
+    elif metrics:
+        metrics.start_fresh()
+    if metrics and args.wandb:
+        import wandb
+        wandb.init(project="gpt2-from-scratch", config=vars(args), dir=str(ckdir))
+        metrics.sinks.append(lambda r: wandb.log({k: v for k, v in r.items() if isinstance(v, (int, float))},
+                                                 step=r["step"]))
+    if metrics and args.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(str(ckdir / "tensorboard"))
+        metrics.sinks.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in r.items()
+                                        if isinstance(v, (int, float)) and k != "step"])
+    if val_source is not None:  # fixed by the first run: every evaluation (and `best`) sees the same windows
+        progress.eval_windows = progress.eval_windows or args.eval_batches * progress.micro_batch_size
+        eval_ids = eval_windows(num_windows(len(val_source), T), progress.eval_windows)
+    # bits per byte = nats per token / ln 2 x tokens per byte: a measure that does not depend on the tokenizer
+    nats_to_bpb = len(val_split) / split_bytes(val_split, tokenizer) / math.log(2) if (
+        val_split and ranks.is_main) else None
+    fwd = wrap_model(model, use_compile, ranks, device)
+    compile_verified = not use_compile  # set once a compiled step has run (a failure falls back to eager)
+    peak, flops_per_token = peak_flops(device), model.flops_per_token(T)
+    n_windows = num_windows(len(train_split), T)
+    summary = {"optimizer": optimizer_name, "schedule": schedule, "dtype": dtype, "world_size": ranks.world_size,
+               "torch_version": torch.__version__, "args": vars(args)}
+
+    gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
+    say(f"device {device} ({gpu}{ranks.world_size} rank{'s' * (ranks.world_size > 1)}), dtype {dtype} ({dtype_why}), "
+        f"compile {'on' if use_compile else 'off'}")
     say(f"model: {model.num_parameters():,} parameters (n_layer {config.n_layer}, n_head {config.n_head}, n_embd "
         f"{config.n_embd}, block_size {T}, vocab {V}{', tied' if config.tie_embeddings else ''})")
-    say(f"data: {tf.path.name} {tf.num_tokens:,} {tf.dtype.name} tokens ({mode}); train {n_train:,}, validation "
-        f"{(val_range[2] - val_range[1]) if val_range else 0:,}; {num_windows(n_train, T):,} windows, {spe:,} steps/epoch"
-        f"; loss on {args.loss_on} tokens{f', loss chunks of {plan.loss_chunk}' if plan.loss_chunk else ''}")
-    say(f"batch {B} = {d.world} rank(s) x {plan.per_rank} (micro-batch {p.micro_batch_size}); lr {lr:g} -> "
-        f"{plan.min_lr:g}, warmup {plan.warmup}; {total:,} steps planned")
-    say(f"checkpoints: {ckdir} " + (f"(resumed from {found[0].name}: step {p.step}, epoch {p.epoch})"
-                                   if found is not None else "(fresh start)"))
-    return trainer.fit()
+    say(f"data: {token_file.path.name} {token_file.num_tokens:,} {token_file.dtype.name} tokens ({data_mode}); train "
+        f"{len(train_split):,}, validation {len(val_split) if val_split else 0:,}; {n_windows:,} windows, "
+        f"{steps_per_epoch:,} steps/epoch; loss on {args.loss_on} tokens"
+        f"{f', loss chunks of {loss_chunk}' if loss_chunk else ''}")
+    muon = f", Muon lr {args.muon_lr:g}" if optimizer_name == "muon" else ""
+    say(f"batch {B} = {ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); "
+        f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; "
+        f"{total_steps:,} steps planned")
+    say(f"checkpoints: {ckdir} " + (f"(resumed from {resume.folder.name}: step {progress.step}, epoch "
+                                   f"{progress.epoch})" if resume is not None else "(fresh start)"))
+    if progress.step >= total_steps:
+        say(f"already trained to step {progress.step} of {total_steps}: nothing to do "
+            f"(raise --epochs, --max_steps or --max_tokens to continue)")
+        return 0
+    if schedule == "wsd" and progress.decay_steps and progress.step >= progress.decay_start + progress.decay_steps:
+        say(f"note: this run's decay ended at step {progress.decay_start + progress.decay_steps}: the new steps run "
+            f"at the decayed rate; to extend a WSD run, resume from the checkpoint named in {ckdir / 'decay_start'}")
+
+    def open_batches() -> BatchStream:
+        return BatchStream(train_source, T, V, B, ranks.rank, ranks.world_size, args.seed, progress.epoch,
+                           progress.offset, mask, pin=device.type == "cuda")
+
+    def save(*pointers: str) -> None:
+        progress.wall_time_s = wall_before + time.time() - session_start
+        save_checkpoint(ckdir, model, optimizers, scaler, progress, ranks, device,
+                        {**summary, **trainer_summary(progress)}, args.tokenizer_file, args.keep_last,
+                        ("latest",) + pointers)
+
+    # ------------------------------------------------------------------ the training loop
+    session_start = last_save = last_log = time.time()
+    wall_before, session_steps, log_tokens, exit_code = progress.wall_time_s, 0, 0, 0
+    saved_step, bad_streak = (progress.step if resume is not None else -1), 0
+    batches = open_batches()
+    with StopSignals(say) as signals:
+        try:
+            if ranks.is_main:
+                from tqdm import tqdm
+                bar = tqdm(total=total_steps, initial=progress.step, unit="step", file=sys.stderr, mininterval=1.0,
+                           dynamic_ncols=True)
+            if ranks.world_size > 1:  # find a micro-batch that fits on every rank before step 1
+                progress.micro_batch_size = probe_micro_batch(fwd, batches.next(), progress.micro_batch_size,
+                                                              optimizers, loss_chunk, amp_dtype, ranks, say)
+                batches.close()
+                batches = open_batches()
+            while progress.step < total_steps:
+                # WSD: the decay begins --decay_fraction before the end (with --max_minutes, the end the time
+                # left allows, so that a run cut by time still ends decayed); its place is then fixed
+                if schedule == "wsd" and not progress.decay_steps:
+                    end = planned_end(total_steps, progress.step, session_steps, session_start, args.max_minutes)
+                    if progress.step >= end - max(1, round(args.decay_fraction * end)):
+                        progress.decay_start, progress.decay_steps = progress.step, end - progress.step
+                        if progress.step > 0:
+                            save("decay_start")  # extending the run later starts from here
+                            saved_step = progress.step
+                decay_end = progress.decay_start + progress.decay_steps
+                end = decay_end if args.max_minutes and progress.step < decay_end else total_steps
+                batch = batches.next()
+
+                # forward and backward; out of memory halves the micro-batch and redoes the step
+                rng = capture_rng(device)
+                while True:
+                    try:
+                        loss_sum, n_targets = forward_backward(fwd, batch, progress.micro_batch_size, loss_chunk,
+                                                               amp_dtype, scaler, ranks, mask is not None)
+                        break
+                    except Exception as e:  # noqa: BLE001 - anything else is raised again just below
+                        if not is_oom(e) and compile_verified:
+                            raise
+                        compile_error = None if is_oom(e) else f"{type(e).__name__}: {first_line(e)}"
+                    # out here, the failed step's tensors (held by the exception) are gone
+                    free_memory(optimizers, device)
+                    restore_rng(rng, device)
+                    if compile_error:
+                        say(f"warning: torch.compile failed ({compile_error}); continuing in eager mode")
+                        fwd, compile_verified = wrap_model(model, False, ranks, device), True
+                    else:
+                        micro = progress.micro_batch_size
+                        progress.micro_batch_size = halved_micro_batch(micro, T, dtype, ranks)
+                        say(f"out of memory at micro-batch {micro}: retrying the step with micro-batch "
+                            f"{progress.micro_batch_size} (accumulating "
+                            f"{math.ceil(per_rank / progress.micro_batch_size)} per step)")
+                compile_verified = True
+
+                # the optimizer step, skipped when the loss or the gradients are not finite
+                if scaler is not None:  # clip the true gradients, not the scaled ones
+                    for opt in optimizers:
+                        scaler.unscale_(opt)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+                if ranks.world_size > 1:
+                    dist.all_reduce(loss_sum)
+                loss, grad_norm = torch.stack([loss_sum.float(), grad_norm.detach().float().to(device)]).tolist()
+                loss /= max(n_targets, 1)
+                finite = math.isfinite(loss) and (scaler is not None or math.isfinite(grad_norm))
+                if finite:
+                    for opt in optimizers:
+                        for group in opt.param_groups:
+                            group["lr"] = progress.lr_scale * lr_at(progress.step, total_steps, warmup, group["peak_lr"],
+                                                                    group["min_lr"], schedule, progress.decay_start,
+                                                                    progress.decay_steps)
+                        scaler.step(opt) if scaler is not None else opt.step()
+                if scaler is not None:
+                    scaler.update()  # lowers the scale after an overflow; valid without step() after unscale_()
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                progress.step += 1
+                session_steps += 1
+                progress.tokens_seen += B * T
+                log_tokens += B * T
+                progress.epoch, progress.offset = batch.epoch, batch.offset
+                if bar is not None:
+                    bar.update(1)
+
+                # the step is done: bookkeeping, logging, evaluation, saving, stopping
+                if not finite:
+                    bad_streak += 1
+                    progress.nan_skipped += 1
+                    say(f"warning: non-finite loss/gradients at step {progress.step} (loss {loss}); update skipped "
+                        f"({bad_streak} in a row, {progress.nan_skipped} in all)")
+                    if bad_streak >= args.nan_patience:
+                        roll_back(ckdir, model, optimizers, scaler, progress, ranks, device, args, lr, bad_streak,
+                                  metrics, say)
+                        bad_streak, saved_step = 0, progress.step
+                        batches.close()
+                        batches = open_batches()
+                        continue
+                else:
+                    bad_streak, progress.train_loss = 0, loss
+                epoch_end = progress.offset + B > n_windows
+                if epoch_end:
+                    progress.epoch, progress.offset = progress.epoch + 1, 0
+                now = time.time()
+                stop_flags = [signals.signum > 0, ranks.is_main and args.max_minutes is not None and
+                              now - session_start >= 60 * args.max_minutes,
+                              ranks.is_main and args.save_every_minutes > 0 and now - last_save >= 60 * args.save_every_minutes]
+                if ranks.world_size > 1:  # a signal may reach one rank only; rank 0 keeps the time
+                    stop_flags = agree_on(stop_flags, device)
+                signalled, time_up, save_due = stop_flags
+                last = progress.step >= end or signalled or time_up
+                if finite and (progress.step % args.log_every_steps == 0 or last or progress.step == 1):
+                    tokens_per_sec = log_tokens / max(now - last_log, 1e-9)
+                    mfu = tokens_per_sec / ranks.world_size * flops_per_token / peak if peak else None
+                    if metrics:
+                        metrics.write(step_record(progress, n_windows, loss, grad_norm, tokens_per_sec, mfu,
+                                                  optimizers[0].param_groups[0]["lr"], now - session_start, device))
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | MFU "
+                                            f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", refresh=False)
+                    log_tokens, last_log = 0, now
+                paused = time.time()  # evaluation and saving are left out of tokens/s
+                improved = False
+                if val_source is not None and ((args.eval_every_steps and progress.step % args.eval_every_steps == 0)
+                                               or epoch_end or last):
+                    val = evaluate(model, val_source, eval_ids, progress.micro_batch_size, mask, loss_chunk,
+                                   amp_dtype, ranks)
+                    if val is not None:
+                        improved = progress.best_val_loss is None or val < progress.best_val_loss
+                        progress.val_loss, progress.best_val_loss = val, min(val, progress.best_val_loss or val)
+                        progress.val_bpb = val * nats_to_bpb if nats_to_bpb else None
+                        if metrics:
+                            metrics.write({"step": progress.step, "tokens": progress.tokens_seen, "val_loss": val,
+                                           "val_bpb": progress.val_bpb, "train_loss": progress.train_loss})
+                            metrics.plot()
+                        say(f"step {progress.step}: train loss {fmt(progress.train_loss)}, val loss {val:.4f}, "
+                            f"val bpb {fmt(progress.val_bpb)}{' (best)' if improved else ''}")
+                if improved or epoch_end or last or save_due or (
+                        args.save_every_steps and progress.step % args.save_every_steps == 0):
+                    save(*(("best",) if improved else ()))
+                    saved_step, last_save = progress.step, time.time()
+                last_log += time.time() - paused
+                if signalled or time_up:
+                    signum = signals.signum or 15  # 0 here: the signal reached another rank (15: SIGTERM)
+                    exit_code = 128 + signum if signalled else 0
+                    why = signal.Signals(signum).name if signalled else f"--max_minutes {args.max_minutes}"
+                    say(f"stopped by {why} at step {progress.step}; saved {ckdir / f'step_{progress.step:08d}'}; "
+                        f"run the same command again to resume")
+                    break
+                if last:
+                    break
+            if progress.step != saved_step:
+                save()
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of memory (micro-batch {progress.micro_batch_size}, --batch_size {B}): "
+                            f"pass --micro_batch_size {max(1, progress.micro_batch_size // 2)}") from None
+        finally:
+            batches.close()
+            if bar is not None:
+                bar.close()
+                bar = None
+    best = ckdir / "best"
+    best_name = best.read_text().strip() if best.is_file() else None
+    say(f"done: step {progress.step}/{total_steps}, {progress.epoch + progress.offset / n_windows:.2f} epochs, "
+        f"{progress.tokens_seen:,} tokens seen; this session {(time.time() - session_start) / 60:.1f} min; train loss "
+        f"{fmt(progress.train_loss)}, best val loss {fmt(progress.best_val_loss)}"
+        f"{f' ({best_name})' if best_name else ''}, val bpb {fmt(progress.val_bpb)}; {progress.nan_skipped} "
+        f"non-finite steps skipped, {progress.rollbacks} rollbacks; micro-batch {progress.micro_batch_size}")
+    say(f"checkpoint: {ckdir}/latest -> step_{progress.step:08d}; load it with "
+        f"TransformerLanguageModel.from_pretrained('{ckdir}')")
+    return exit_code
+
+
+# ---------------------------------------------------------------------------- small helpers of the loop
+
+def planned_end(total_steps: int, step: int, session_steps: int, session_start: float,
+                max_minutes: float | None) -> int:
+    """The step the run will end at: total_steps, or earlier when --max_minutes will stop it first
+    (from this session's measured seconds per step, once a few steps have run)."""
+    if max_minutes is None or session_steps < 3:
+        return total_steps
+    per_step = (time.time() - session_start) / session_steps
+    steps_left = (60 * max_minutes - (time.time() - session_start)) / per_step
+    return max(step + 1, min(total_steps, step + int(steps_left)))
+
+
+def agree_on(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on any rank becomes true on all (so all ranks save and stop together)."""
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t)
+    return [v > 0 for v in t.tolist()]
+
+
+def roll_back(ckdir: Path, model, optimizers, scaler, progress: Progress, ranks: Ranks, device: torch.device,
+              args: argparse.Namespace, lr: float, bad_streak: int, metrics: MetricsLog | None, say) -> None:
+    """After --nan_patience non-finite steps in a row: back to the newest checkpoint with the
+    learning rate halved, at most --max_rollbacks times; then stop with advice."""
+    found = find_checkpoint(ckdir, say) if progress.rollbacks < args.max_rollbacks else None
+    if found is None:
+        raise UserError(f"the loss was NaN/inf for {bad_streak} steps in a row at step {progress.step} after "
+                        f"{progress.rollbacks} rollbacks: lower --lr (now {lr * progress.lr_scale:.2e}), lower "
+                        f"--grad_clip, use --dtype bf16 or fp32 instead of fp16, or check the data")
+    kept = (progress.lr_scale * 0.5, progress.nan_skipped, progress.rollbacks + 1)
+    restore_checkpoint(found, model, optimizers, scaler, progress, ranks, device, args.seed)
+    progress.lr_scale, progress.nan_skipped, progress.rollbacks = kept
+    if metrics:
+        metrics.truncate_after(progress.step)
+        metrics.write({"event": "rollback", "step": progress.step, "to": found.folder.name,
+                       "lr_scale": progress.lr_scale})
+    say(f"rolled back to {found.folder.name} with the learning rate scaled by {progress.lr_scale:g}")
+
+
+def step_record(progress: Progress, n_windows: int, loss: float, grad_norm: float, tokens_per_sec: float,
+                mfu: float | None, lr: float, elapsed: float, device: torch.device) -> dict:
+    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    return {"step": progress.step, "epoch": round(progress.epoch + progress.offset / n_windows, 4),
+            "tokens": progress.tokens_seen, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_sec": round(tokens_per_sec, 1), "mfu": None if mfu is None else round(mfu, 4),
+            "memory_gb": round(memory / 1e9, 3), "micro_batch_size": progress.micro_batch_size,
+            "elapsed_s": round(elapsed, 2)}
+
+
+def trainer_summary(p: Progress) -> dict:
+    """trainer_state.json's view of the progress (the full state is in training_state.pt)."""
+    return {"step": p.step, "epoch": p.epoch, "tokens_seen": p.tokens_seen, "train_loss": p.train_loss,
+            "val_loss": p.val_loss, "val_bpb": p.val_bpb, "best_val_loss": p.best_val_loss,
+            "wall_time_s": round(p.wall_time_s, 1), "micro_batch_size": p.micro_batch_size}
+
+
+def peak_rss_bytes() -> int:
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 if __name__ == "__main__":

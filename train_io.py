@@ -1,10 +1,7 @@
-"""The files of train_colab_mmap.py: token data in (checks against the metadata and tokenizer, memmap
-or RAM sources, seeded epoch permutations of non-overlapping windows, the assistant-only loss mask, a
-background prefetcher) and checkpoints out (atomic step folders, verification, fallback, pruning).
-
-A window is block_size + 1 consecutive tokens (inputs and shifted targets); window i starts at
-token i * block_size of its split, so the windows of an epoch never overlap (beyond the one token a
-target shares with the next window's first input) and each is visited exactly once per epoch.
+"""The files of train_colab_mmap.py: token data in (checked against its metadata and tokenizer, read
+by memmap or from RAM, cut into windows, masked for --loss_on assistant, prefetched by a thread) and
+checkpoints and metrics out (atomic step folders, verification and fallback, pruning, metrics.jsonl
+and the loss-curve PNG).
 """
 from __future__ import annotations
 
@@ -15,14 +12,16 @@ import random
 import shutil
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from common import UserError, atomic_dir, atomic_write_json, first_line, read_json, sha256_file
+from common import (UserError, atomic_dir, atomic_path, atomic_write_json, atomic_write_text, first_line, read_json,
+                    sha256_file)
 from model import load_weights_file, unwrap_model
 
 IGNORE_INDEX = -100
@@ -39,21 +38,27 @@ class TokenFile:
     path: Path
     dtype: np.dtype
     num_tokens: int
+    num_bytes: int | None = None  # UTF-8 bytes of the text the tokens decode to (metadata), for bits per byte
+
+
+def metadata_beside(bin_path: Path) -> Path | None:
+    """X_metadata.json beside X.bin, when it exists."""
+    sibling = bin_path.with_name(bin_path.name[:-4] + "_metadata.json") if bin_path.name.endswith(".bin") else None
+    return sibling if sibling is not None and sibling.is_file() else None
 
 
 def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: str, tok_vocab: int) -> TokenFile:
-    """Validate the .bin against its metadata and the tokenizer (DESIGN.md: dtype, num_tokens,
-    vocab_size, tokenizer_sha256). Paths named inside the metadata are never opened."""
+    """Validate the .bin against its metadata and the tokenizer (dtype, num_tokens, vocab_size,
+    tokenizer_sha256). Paths named inside the metadata are never opened."""
     path = Path(bin_file)
     if not path.is_file():
         raise UserError(f"--bin_file {path} not found (pass the .bin written by tokenize_local_bpe.py; "
                         f"gunzip the .bin.gz first)")
     size = path.stat().st_size
     if size == 0:
-        raise UserError(f"--bin_file {path} is empty (0 bytes): regenerate it with tokenize_local_bpe.py from a non-empty corpus")
-    if metadata_file is None:
-        sibling = path.with_name(path.name[:-4] + "_metadata.json") if path.name.endswith(".bin") else None
-        metadata_file = str(sibling) if sibling is not None and sibling.is_file() else None
+        raise UserError(f"--bin_file {path} is empty (0 bytes): regenerate it with tokenize_local_bpe.py from a "
+                        f"non-empty corpus")
+    metadata_file = metadata_file or metadata_beside(path)
     if metadata_file is None:
         dtype = np.dtype(np.uint16 if tok_vocab <= 65536 else np.uint32)
         if size % dtype.itemsize:
@@ -85,12 +90,17 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
     digest = sha256_file(tokenizer_file)
     if digest != meta["tokenizer_sha256"]:
         raise UserError(f"--tokenizer_file {tokenizer_file} (sha256 {digest[:12]}...) is not the tokenizer "
-                        f"{path.name} was made with (metadata tokenizer_sha256 {str(meta['tokenizer_sha256'])[:12]}...); "
-                        f"pass the tokenizer file written together with the .bin")
+                        f"{path.name} was made with (metadata tokenizer_sha256 {str(meta['tokenizer_sha256'])[:12]}"
+                        f"...); pass the tokenizer file written together with the .bin")
     if vocab != tok_vocab:
         raise UserError(f"--metadata_file {metadata_file} says vocab_size {vocab} but --tokenizer_file "
                         f"{tokenizer_file} has {tok_vocab} tokens; pass the matching pair")
-    return TokenFile(path, dtype, num_tokens)
+    return TokenFile(path, dtype, num_tokens, _num_bytes(meta))
+
+
+def _num_bytes(meta: dict) -> int | None:
+    n = meta.get("num_bytes")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def check_val_file(val_bin_file: str, dtype: np.dtype) -> TokenFile:
@@ -101,32 +111,68 @@ def check_val_file(val_bin_file: str, dtype: np.dtype) -> TokenFile:
     if size % dtype.itemsize:
         raise UserError(f"--val_bin_file {path} has {size} bytes, not a whole number of {dtype.name} tokens "
                         f"(it must use the training file's dtype)")
-    return TokenFile(path, dtype, size // dtype.itemsize)
+    meta_path = metadata_beside(path)
+    meta = read_json(meta_path, "validation metadata") if meta_path else {}
+    num_tokens = size // dtype.itemsize
+    same_file = isinstance(meta, dict) and meta.get("num_tokens") == num_tokens  # bytes only from its own metadata
+    return TokenFile(path, dtype, num_tokens, _num_bytes(meta) if same_file else None)
+
+
+@dataclass
+class Split:
+    """Tokens [start, end) of a token file: the training part, or the validation part."""
+    file: TokenFile
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
 
 
 def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, block_size: int,
-                batch_size: int) -> tuple[int, tuple[TokenFile, int, int] | None]:
-    """Training tokens [0, n_train) of tf, and the validation range (file, start, end): a separate
-    file, or the held-out tail (at least one window), or None. Refuses data too short to train."""
+                batch_size: int) -> tuple[Split, Split | None]:
+    """The training split and the validation split: a separate file, or the held-out tail (at
+    least one window), or None. Refuses data too short to train."""
     T, B = block_size, batch_size
     if val_bin_file:
         vtf = check_val_file(val_bin_file, tf.dtype)
-        n_train, val = tf.num_tokens, (vtf, 0, vtf.num_tokens)
+        train, val = Split(tf, 0, tf.num_tokens), Split(vtf, 0, vtf.num_tokens)
         if vtf.num_tokens < T + 1:
-            raise UserError(f"--val_bin_file {val_bin_file} has {vtf.num_tokens} tokens, fewer than block_size+1 = {T + 1}")
+            raise UserError(f"--val_bin_file {val_bin_file} has {vtf.num_tokens} tokens, fewer than block_size+1 = "
+                            f"{T + 1}")
     elif val_fraction > 0:
         n_val = max(int(tf.num_tokens * val_fraction), T + 1)
-        n_train, val = max(0, tf.num_tokens - n_val), (tf, tf.num_tokens - n_val, tf.num_tokens)
+        n_train = max(0, tf.num_tokens - n_val)
+        train, val = Split(tf, 0, n_train), Split(tf, n_train, tf.num_tokens)
     else:
-        n_train, val = tf.num_tokens, None
-    held = f" after holding out {val[2] - val[1]:,} for validation" if val and val[0] is tf else ""
-    if n_train < T + 1:
-        raise UserError(f"--block_size {T} is longer than the training data ({n_train:,} tokens{held}): use "
-                        f"--block_size {max(1, n_train // 2)} or less, or more data")
-    if num_windows(n_train, T) < B:
+        train, val = Split(tf, 0, tf.num_tokens), None
+    held = f" after holding out {len(val):,} for validation" if val and val.file is tf else ""
+    if len(train) < T + 1:
+        raise UserError(f"--block_size {T} is longer than the training data ({len(train):,} tokens{held}): use "
+                        f"--block_size {max(1, len(train) // 2)} or less, or more data")
+    if num_windows(len(train), T) < B:
         raise UserError(f"--batch_size {B} needs {B} windows of {T} tokens per step but the training data has only "
-                        f"{num_windows(n_train, T)} ({n_train:,} tokens{held}): lower --batch_size or --block_size")
-    return n_train, val
+                        f"{num_windows(len(train), T)} ({len(train):,} tokens{held}): lower --batch_size or "
+                        f"--block_size")
+    return train, val
+
+
+def split_bytes(split: Split, tokenizer: Any, chunk: int = 1 << 20) -> int:
+    """UTF-8 bytes of the text a split decodes to: the metadata's num_bytes for a whole file, else
+    counted once by decoding it in chunks cut after an <|endoftext|> (id 0), so that no character
+    is split between two chunks."""
+    if split.start == 0 and split.end == split.file.num_tokens and split.file.num_bytes:
+        return split.file.num_bytes
+    mm = np.memmap(split.file.path, dtype=split.file.dtype, mode="r")
+    total, pos = 0, split.start
+    while pos < split.end:
+        ids = np.asarray(mm[pos:min(pos + chunk, split.end)])
+        if pos + len(ids) < split.end:
+            eots = np.flatnonzero(ids == 0)
+            ids = ids[:eots[-1] + 1] if eots.size else ids
+        total += len(tokenizer.decode(ids.tolist()).encode("utf-8"))
+        pos += len(ids)
+    return total
 
 
 def available_ram_bytes() -> int | None:
@@ -154,13 +200,13 @@ def choose_data_mode(mode: str, nbytes: int, copies: int = 1) -> str:
 # ---------------------------------------------------------------------------- sources
 
 class TokenSource:
-    """Tokens [start, end) of a file. mmap: a fresh np.memmap per read, so pages of the mapping
-    never pile up in resident memory over an epoch. preload: the range is read into RAM once."""
+    """The tokens of a split. mmap: a fresh np.memmap per read, so pages of the mapping never pile
+    up in resident memory over an epoch. preload: the split is read into RAM once."""
 
-    def __init__(self, tf: TokenFile, start: int, end: int, preload: bool) -> None:
-        self.file, self.start, self.end = tf, start, end
-        self.ram = np.fromfile(tf.path, dtype=tf.dtype, count=end - start,
-                               offset=start * tf.dtype.itemsize) if preload and end > start else None
+    def __init__(self, split: Split, preload: bool) -> None:
+        self.file, self.start, self.end = split.file, split.start, split.end
+        self.ram = np.fromfile(self.file.path, dtype=self.file.dtype, count=len(split),
+                               offset=self.start * self.file.dtype.itemsize) if preload and len(split) else None
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -326,6 +372,40 @@ def eval_windows(n_windows: int, count: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- training state
 
+@dataclass
+class Ranks:
+    """This process's place among the torchrun ranks; rank 0 alone prints and writes files."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0               # windows of `epoch` already consumed
+    tokens_seen: int = 0
+    micro_batch_size: int = 1
+    lr_scale: float = 1.0         # halved by each NaN rollback
+    best_val_loss: float | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    nan_skipped: int = 0
+    rollbacks: int = 0
+    wall_time_s: float = 0.0
+    eval_windows: int = 0         # validation windows per evaluation, fixed by the first run so that
+                                  # every evaluation (and `best`) compares the same set
+    decay_start: int = 0          # WSD: the step its final decay began (0: not yet) and its length
+    decay_steps: int = 0
+
+
 def capture_rng(device: torch.device) -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
@@ -344,6 +424,62 @@ def restore_rng(state: dict, device: torch.device) -> None:
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
 
 
+def save_checkpoint(ckdir: Path, model: torch.nn.Module, optimizers: list, scaler: Any, progress: Progress,
+                    ranks: Ranks, device: torch.device, summary: dict, tokenizer_file: str, keep_last: int,
+                    pointers: tuple[str, ...] = ("latest",)) -> None:
+    """Every rank calls this (their RNG states are gathered); rank 0 writes step_N and points each
+    of `pointers` (latest, best, decay_start) at it. `summary` goes into trainer_state.json."""
+    rngs = [None] * ranks.world_size
+    if ranks.world_size > 1:
+        torch.distributed.all_gather_object(rngs, capture_rng(device))
+    else:
+        rngs = [capture_rng(device)]
+    if ranks.is_main:
+        state = {"format_version": 1, "progress": asdict(progress), "optimizer": optimizers[0].state_dict(),
+                 "muon": optimizers[1].state_dict() if len(optimizers) > 1 else {},
+                 "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rngs,
+                 "world_size": ranks.world_size}
+        name = f"step_{progress.step:08d}"
+        try:
+            write_checkpoint(ckdir, name, model, tokenizer_file, state, summary)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            raise UserError(f"cannot write checkpoint {name} to --checkpoint_dir {ckdir}: {first_line(e, 160)}; "
+                            f"free disk space or pass another --checkpoint_dir (the earlier checkpoints there are "
+                            f"intact)") from None
+        for pointer in pointers:
+            atomic_write_text(ckdir / pointer, name + "\n")
+        prune_checkpoints(ckdir, keep_last)
+    if ranks.world_size > 1:
+        torch.distributed.barrier()
+
+
+def saved_optimizer(checkpoint: "Checkpoint") -> str:
+    """The optimizer a checkpoint was trained with (checkpoints from before Muon: adamw)."""
+    return "muon" if checkpoint.training_state.get("muon") else "adamw"
+
+
+def restore_checkpoint(checkpoint: "Checkpoint", model: torch.nn.Module, optimizers: list, scaler: Any,
+                       progress: Progress, ranks: Ranks, device: torch.device, seed: int) -> None:
+    """Weights, optimizer states (the learning rates of this run kept), scaler, progress (in place)
+    and this rank's RNG states."""
+    state = checkpoint.training_state
+    model.load_state_dict(checkpoint.weights)
+    for opt, saved in zip(optimizers, (state["optimizer"], state.get("muon"))):
+        rates = [(g["peak_lr"], g["min_lr"]) for g in opt.param_groups]
+        opt.load_state_dict(saved)  # also loads the saved param-group settings: keep this run's rates
+        for g, (peak, low) in zip(opt.param_groups, rates):
+            g["peak_lr"], g["min_lr"] = peak, low
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    for f in fields(Progress):
+        setattr(progress, f.name, state["progress"].get(f.name, f.default))
+    rngs = state.get("rng", [])
+    if len(rngs) == ranks.world_size:
+        restore_rng(rngs[ranks.rank], device)
+    else:  # another world size: fresh but reproducible streams
+        torch.manual_seed(seed + 7919 * progress.step + ranks.rank)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 def list_checkpoints(ckdir: Path) -> list[Path]:
@@ -355,9 +491,18 @@ def list_checkpoints(ckdir: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: (written(p), int(p.name[5:])), reverse=True)
 
 
-def read_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
-    """(state_dict, training_state, trainer_state) after checking every file's size and sha256.
-    Raises ValueError naming what is wrong."""
+@dataclass
+class Checkpoint:
+    """One verified step folder, loaded."""
+    folder: Path
+    weights: dict            # the model's state_dict
+    training_state: dict     # optimizer(s), scaler, RNG states, progress (training_state.pt)
+    trainer_state: dict      # trainer_state.json: the human-readable summary, file sizes and sha256
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """Load a step folder after checking every file's size and sha256. Raises ValueError naming
+    what is wrong."""
     try:
         meta = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -370,18 +515,18 @@ def read_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
             raise ValueError(f"{name} is corrupt (sha256 mismatch)")
     current = "pytorch_model.bin"
     try:
-        sd = load_weights_file(folder)
+        weights = load_weights_file(folder)
         current = "training_state.pt"
-        ts = torch.load(folder / current, map_location="cpu", weights_only=True)
+        state = torch.load(folder / current, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable state, a code-carrying pickle included
         reason = first_line(e, 160)
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
             reason = "it holds objects other than tensors (refused: loading it could run code)"
         raise ValueError(f"cannot load {current}: {reason}") from None
-    return sd, ts, meta
+    return Checkpoint(folder, weights, state, meta)
 
 
-def find_checkpoint(ckdir: Path, say) -> tuple[Path, dict, dict, dict] | None:
+def find_checkpoint(ckdir: Path, say: Callable[[str], None]) -> Checkpoint | None:
     """The newest usable checkpoint in ckdir; unusable newer ones are skipped with a warning."""
     found = list_checkpoints(ckdir) if ckdir.is_dir() else []
     pointer = ckdir / "latest"
@@ -390,7 +535,7 @@ def find_checkpoint(ckdir: Path, say) -> tuple[Path, dict, dict, dict] | None:
         found = [named] * named.is_dir() + [p for p in found if p != named]
     for i, folder in enumerate(found):
         try:
-            return (folder, *read_checkpoint(folder))
+            return read_checkpoint(folder)
         except ValueError as e:
             nxt = f"falling back to {found[i + 1].name}" if i + 1 < len(found) else "no earlier checkpoint"
             say(f"warning: checkpoint {folder} is unusable: {e}; {nxt}")
@@ -419,10 +564,13 @@ def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_f
     return final
 
 
+POINTERS = ("latest", "best", "decay_start")  # files naming a step folder; pruning never removes those
+
+
 def prune_checkpoints(ckdir: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
-    protected = {(ckdir / p).read_text().strip() for p in ("best", "latest") if (ckdir / p).is_file()}
+    protected = {(ckdir / p).read_text().strip() for p in POINTERS if (ckdir / p).is_file()}
     for folder in list_checkpoints(ckdir)[keep_last:]:
         if folder.name not in protected:
             shutil.rmtree(folder, ignore_errors=True)
@@ -439,3 +587,67 @@ def recover_interrupted_saves(ckdir: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, name)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per log, evaluation or event), extra sinks (wandb,
+    tensorboard) and loss_curve.png. Only rank 0 makes one."""
+
+    def __init__(self, ckdir: Path, say: Callable[[str], None]) -> None:
+        self.path, self.png, self.say = ckdir / "metrics.jsonl", ckdir / "loss_curve.png", say
+        self.history: list[dict] = []
+        self.sinks: list[Callable[[dict], Any]] = []
+        self.warned_no_matplotlib = False
+
+    def start_fresh(self) -> None:
+        """A fresh run keeps an older run's metrics under another name."""
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(f"metrics-{int(time.time())}.jsonl"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume or rollback: forget records logged after `step` (events stay)."""
+        if self.path.exists():
+            keep = [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+            self.history = [r for r in keep if r.get("step", 0) <= step or "event" in r]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def write(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink(record)
+
+    def plot(self) -> None:
+        """Train and validation loss against tokens seen; validation bits per byte on a second axis."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            if not self.warned_no_matplotlib:
+                self.say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
+                self.warned_no_matplotlib = True
+            return
+        def points(key: str) -> list[tuple[int, float]]:
+            return [(r["tokens"], r[key]) for r in self.history if r.get(key) is not None and "tokens" in r]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, label in (("loss", "train"), ("val_loss", "validation")):
+            if points(key):
+                ax.plot(*zip(*points(key)), label=label, marker="o" if key == "val_loss" else None)
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()
+        if points("val_bpb"):
+            bpb_ax = ax.twinx()
+            bpb_ax.plot(*zip(*points("val_bpb")), color="tab:green", marker="s", label="validation bits/byte")
+            bpb_ax.set_ylabel("bits per byte")
+            extra = bpb_ax.get_legend_handles_labels()
+            handles = (handles[0] + extra[0], handles[1] + extra[1])
+        ax.legend(*handles)
+        with atomic_path(self.png) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)

@@ -56,7 +56,8 @@ QUIET=(--eval_every_steps 0 --save_every_steps 0 --save_every_minutes 0 --val_fr
 
 train() {  # train NAME ARGS...: logs to $OUT_DIR/NAME.log, checkpoints in $WORK/NAME
   local name=$1; shift
-  GPT_TRAIN_FAKE_OOM_ABOVE="${FAKE_OOM:-0}" timeout 240 $PY train_colab_mmap.py "${DATA[@]}" "${QUIET[@]}" --checkpoint_dir "$WORK/$name" "$@" \
+  # tests/fault_injection.py runs the trainer with a simulated out-of-memory above FAKE_OOM rows (empty: none)
+  FAKE_OOM_ABOVE="${FAKE_OOM:-}" timeout 240 $PY tests/fault_injection.py "${DATA[@]}" "${QUIET[@]}" --checkpoint_dir "$WORK/$name" "$@" \
     > "$OUT_DIR/$name.out" 2> "$OUT_DIR/$name.log"
 }
 check() {  # check NAME COMMAND...: records PASS/FAIL
@@ -83,7 +84,7 @@ check fp16_finite metric t_fp16 "all(r['loss'] == r['loss'] for r in m) and len(
 check micro4_ref train t_micro4 "${DEV[@]}" "${T1[@]}" --max_steps 6 --micro_batch_size 4
 FAKE_OOM=4
 check oom_halving train t_oom "${DEV[@]}" "${T1[@]}" --max_steps 6
-FAKE_OOM=0
+FAKE_OOM=
 check oom_logged metric t_oom "'out of memory at micro-batch 16' in log and m[-1]['micro_batch_size'] == 4"
 check oom_same_losses $PY - "$WORK" <<'EOF'
 import json, sys

@@ -123,7 +123,8 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data, ckpt, tmp_path, 
         assert not (ck / "step_00000004").exists()
         assert [q.name for q in ck.iterdir() if q.name.startswith((".tmp-", ".old-"))] == []
         assert tree_bytes(step2) == before
-        sd, ts, meta = train_io.read_checkpoint(step2)  # sizes and sha256 of every file still match
+        saved = train_io.read_checkpoint(step2)  # sizes and sha256 of every file still match
+        sd, ts, meta = saved.weights, saved.training_state, saved.trainer_state
         assert meta["step"] == 2 and ts["progress"]["step"] == 2
         model = TransformerLanguageModel.from_pretrained(ck)
         assert torch.equal(model.state_dict()["transformer.wte.weight"], sd["transformer.wte.weight"])
@@ -176,7 +177,7 @@ def test_crash_between_the_two_renames_is_recovered(ckpt, tmp_path) -> None:
     assert tree_bytes(step2) == before
     assert sorted(q.name for q in ck.iterdir() if q.name.startswith(".")) == []
     found = train_io.find_checkpoint(ck, print)
-    assert found is not None and found[0] == step2
+    assert found is not None and found.folder == step2
 
 
 # ---------------------------------------------------------------------------- SIGKILL during tokenization

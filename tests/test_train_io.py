@@ -20,8 +20,8 @@ from common import UserError, sha256_file  # noqa: E402
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from train_io import (AssistantMask, BatchStream, TokenFile, TokenSource, check_token_files, choose_data_mode,  # noqa: E402
                       epoch_permutation, find_checkpoint, list_checkpoints, make_batch, prune_checkpoints,
-                      read_checkpoint, recover_interrupted_saves, write_checkpoint)
-from trainer import is_oom, lr_at, peak_flops  # noqa: E402
+                      read_checkpoint, recover_interrupted_saves, write_checkpoint, Split)
+from train_step import is_oom, lr_at, peak_flops, probe_bf16_speedup  # noqa: E402
 
 EOT, USER, ASSIST, SYSTEM = 0, 1, 2, 3
 # pos:    0       1   2     3   4   5       6   7   8     9   10      11  12   13    14  15      16  17  18   19  20
@@ -34,7 +34,7 @@ def source_for(tmp_path: Path, ids, start: int = 0, preload: bool = False, dtype
     path = tmp_path / "s.bin"
     np.asarray(ids, dtype=dtype).tofile(path)
     tf = TokenFile(path, np.dtype(dtype), len(ids))
-    return TokenSource(tf, start, len(ids), preload)
+    return TokenSource(Split(tf, start, len(ids)), preload)
 
 
 def mask_for(vocab: int = 32) -> AssistantMask:
@@ -154,7 +154,8 @@ def test_truncated_or_corrupt_checkpoints_are_detected(tmp_path):
         fake_checkpoint(ck, step, tok)
         time.sleep(0.01)
         (ck / "latest").write_text(f"step_{step:08d}\n")
-    sd, ts, meta = read_checkpoint(ck / "step_00000003")
+    saved = read_checkpoint(ck / "step_00000003")
+    sd, ts, meta = saved.weights, saved.training_state, saved.trainer_state
     assert ts["progress"]["step"] == 3 and "transformer.wte.weight" in sd and meta["files"]["pytorch_model.bin"]["size"] > 0
     state = ck / "step_00000003" / "training_state.pt"
     state.write_bytes(state.read_bytes()[:-10])
@@ -163,7 +164,7 @@ def test_truncated_or_corrupt_checkpoints_are_detected(tmp_path):
     w = ck / "step_00000002" / "pytorch_model.bin"
     w.write_bytes(w.read_bytes()[:100] + b"x" + w.read_bytes()[101:])
     msgs = []
-    folder, *_ = find_checkpoint(ck, msgs.append)
+    folder = find_checkpoint(ck, msgs.append).folder
     assert folder.name == "step_00000001" and len(msgs) == 2 and "sha256 mismatch" in msgs[1]
     (ck / "step_00000001" / "trainer_state.json").write_text("{")
     with pytest.raises(UserError, match="no usable checkpoint"):
@@ -184,7 +185,7 @@ def test_rewriting_a_step_and_pruning_keeps_best(tmp_path):
     prune_checkpoints(ck, keep_last=2)
     assert sorted(p.name for p in list_checkpoints(ck)) == ["step_00000010", "step_00000030", "step_00000040"]
     fake_checkpoint(ck, 30, tok)  # the same step written again replaces the folder whole
-    assert read_checkpoint(ck / "step_00000030")[1]["progress"]["step"] == 30
+    assert read_checkpoint(ck / "step_00000030").training_state["progress"]["step"] == 30
     assert not [p for p in ck.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
 
@@ -201,7 +202,7 @@ def test_recover_interrupted_saves(tmp_path):
     fake_checkpoint(ck, 5, tok)  # step 5 exists again: its .old copy is stale
     recover_interrupted_saves(ck)
     assert sorted(p.name for p in ck.iterdir()) == ["step_00000005", "step_00000007"]
-    assert read_checkpoint(ck / "step_00000007")[1]["progress"]["step"] == 7
+    assert read_checkpoint(ck / "step_00000007").training_state["progress"]["step"] == 7
 
 
 # ---------------------------------------------------------------------------- trainer helpers
@@ -213,10 +214,24 @@ def test_lr_schedule_warmup_then_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
 
-def test_cpu_dtype_choice_checks_for_native_bf16():
+@pytest.mark.parametrize("speedup", [0.6, 1.0, 1.09, 1.1, 1.8])
+def test_cpu_dtype_auto_follows_the_measured_probe(monkeypatch, speedup):
+    """--dtype auto on a CPU takes bf16 exactly when the probe measured it faster (by the 1.1x margin),
+    and says the measured ratio; an explicit dtype skips the probe."""
+    cpu, config = torch.device("cpu"), GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=32, block_size=16)
+    calls = []
+    monkeypatch.setattr(tcm, "probe_bf16_speedup", lambda cfg, rows: calls.append((cfg, rows)) or speedup)
+    dtype, why = tcm.choose_dtype("auto", cpu, config, 256)
+    assert dtype == ("bf16" if speedup >= 1.1 else "fp32") and f"{speedup:.2f}x" in why
+    assert calls == [(config, 256)]
+    assert tcm.choose_dtype("fp16", cpu, config, 256) == ("fp16", "asked for") and len(calls) == 1
+
+
+def test_bf16_probe_is_quick_and_measures_a_ratio():
+    config = GPTConfig(vocab_size=512, n_layer=1, n_head=4, n_embd=128, block_size=64)
+    t0 = time.perf_counter()
+    speedup = probe_bf16_speedup(config, rows=4096)
+    assert 0.05 < speedup < 20 and time.perf_counter() - t0 < 5  # ~0.1 s alone; 5 s holds at 5x slower
     cpu = torch.device("cpu")
-    assert tcm.choose_dtype("auto", cpu, 128)[0] == "fp32"  # too narrow to gain
-    assert tcm.choose_dtype("auto", cpu, 768)[0] == ("bf16" if tcm.cpu_has_native_bf16() else "fp32")
-    assert tcm.choose_dtype("fp16", cpu, 64) == ("fp16", "asked for")
     assert peak_flops(cpu) is None
     assert is_oom(torch.OutOfMemoryError("CUDA out of memory")) and not is_oom(RuntimeError("shape"))

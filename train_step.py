@@ -1,0 +1,263 @@
+"""The pieces train_colab_mmap.py's training loop calls: the optimizers (AdamW, or Muon for the
+matrices inside the blocks), the learning-rate schedules, forward and backward over micro-batches,
+evaluation, the dtype probe, and the failure handling (out-of-memory halving, NaN rollback, signals).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import signal
+import time
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import UserError
+from model import GPTConfig, TransformerLanguageModel
+from train_io import IGNORE_INDEX, Batch, Ranks, TokenSource, make_batch
+
+# Dense bf16/fp16 tensor-core peak, for MFU.
+PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), ("V100", 125), ("T4", 65)]
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key in name), None)
+
+
+# ---------------------------------------------------------------------------- optimizers
+
+def build_optimizers(model: TransformerLanguageModel, optimizer: str, lr: float, min_lr: float, muon_lr: float,
+                     weight_decay: float, device_type: str) -> list[torch.optim.Optimizer]:
+    """adamw: AdamW for everything, weight decay only on >= 2-D tensors (never biases, LayerNorms).
+    muon: torch.optim.Muon for the 2-D matrices inside the blocks (qkv, attention projection, MLP in
+    and out, each whole) and AdamW, as above, for the rest (embeddings, head, biases, LayerNorms).
+    Each param group keeps its schedule's ends in "peak_lr" and "min_lr" (Muon's min_lr is the same
+    fraction of its peak as AdamW's)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    block_matrices = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+    if optimizer == "muon":
+        in_muon = {id(p) for p in block_matrices}
+        params = [p for p in params if id(p) not in in_muon]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    fused = {"fused": True} if device_type == "cuda" else {}
+    adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay, "peak_lr": lr, "min_lr": min_lr},
+                               {"params": no_decay, "weight_decay": 0.0, "peak_lr": lr, "min_lr": min_lr}],
+                              lr=lr, betas=(0.9, 0.95), **fused)
+    if optimizer != "muon":
+        return [adamw]
+    # "match_rms_adamw" scales each matrix's update to AdamW's typical size (0.2 * sqrt(max(fan_in, fan_out))),
+    # so one Muon rate works across widths
+    muon = torch.optim.Muon([{"params": block_matrices, "peak_lr": muon_lr, "min_lr": muon_lr * min_lr / lr}], lr=muon_lr,
+                            weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    return [adamw, muon]
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float, schedule: str = "cosine",
+          decay_start: int = 0, decay_steps: int = 0) -> float:
+    """The learning rate at 0-based `step`. Both schedules warm up linearly over `warmup` steps.
+    cosine: then decays to min_lr at `total`. wsd (warmup-stable-decay): then holds lr until
+    `decay_start`, and over the `decay_steps` after it falls linearly towards min_lr (decay_steps 0:
+    the decay has not begun)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+    if not decay_steps or step < decay_start:
+        return lr
+    return lr + (min_lr - lr) * min(1.0, (step - decay_start) / max(1, decay_steps))
+
+
+# ---------------------------------------------------------------------------- forward and backward
+
+def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_valid: int, loss_chunk: int) -> torch.Tensor:
+    """Sum (not mean) of the token losses of one micro-batch, so micro-batches of any size add up
+    to exactly the loss of the whole batch."""
+    if loss_chunk > 0:
+        _, mean = model(x, y, loss_chunk_size=loss_chunk)
+        return mean * n_valid
+    logits, _ = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss_chunk: int,
+                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, ranks: Ranks,
+                     masked: bool) -> tuple[torch.Tensor, int]:
+    """Gradients of the batch's mean token loss, summed over micro-batches of this rank's rows (and
+    over ranks by DDP). Returns this rank's loss sum and the global count of targets."""
+    device = next(model.parameters()).device
+    x = batch.x.to(device, non_blocking=True)  # (rows, T)
+    y = batch.y.to(device, non_blocking=True)  # (rows, T)
+    n_total = int(batch.valid.sum())
+    if ranks.world_size > 1:  # masked rows differ per rank: count them all; else every rank has the same count
+        n_total = all_reduce_sum(float(n_total), device) if masked else n_total * ranks.world_size
+    scale = ranks.world_size / max(n_total, 1)  # DDP averages over ranks: this turns it into sum / n_total
+    loss = torch.zeros((), device=device)
+    starts = range(0, x.size(0), micro_batch_size)
+    for s in starts:
+        e = min(x.size(0), s + micro_batch_size)
+        last = s == starts[-1]
+        # DDP all-reduces gradients at every backward; only the last micro-batch needs it
+        with model.no_sync() if ranks.world_size > 1 and not last else contextlib.nullcontext():
+            with autocast(device, amp_dtype):
+                micro_loss = loss_sum(model, x[s:e], y[s:e], int(batch.valid[s:e].sum()), loss_chunk)
+            scaled = micro_loss * scale
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss += micro_loss.detach().float()
+    return loss, n_total
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+
+def all_reduce_sum(value: float, device: torch.device) -> int:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source: TokenSource, window_ids: np.ndarray, micro_batch_size: int,
+             mask, loss_chunk: int, amp_dtype: torch.dtype | None, ranks: Ranks) -> float | None:
+    """Mean token loss over the given validation windows (each rank takes every world_size-th)."""
+    device = next(model.parameters()).device
+    T, V = model.config.block_size, model.config.vocab_size
+    model.eval()
+    ids = window_ids[ranks.rank::ranks.world_size]
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, target count)
+    for s in range(0, len(ids), micro_batch_size):
+        x, y = make_batch(source, ids[s:s + micro_batch_size] * T, T, V, mask)
+        n = int((y != IGNORE_INDEX).sum())
+        with autocast(device, amp_dtype):
+            ls = loss_sum(model, torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), n, loss_chunk)
+        total += torch.stack([ls.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
+    if ranks.world_size > 1:
+        dist.all_reduce(total)
+    model.train()
+    loss_total, count = total.tolist()
+    return loss_total / count if count else None
+
+
+# ---------------------------------------------------------------------------- precision
+
+def probe_bf16_speedup(config: GPTConfig, rows: int) -> float:
+    """How much faster bf16 autocast runs this model's matrix multiplies than fp32 on this CPU,
+    forward and backward, at its own shapes (the four block matrices and the head): fp32 time /
+    bf16 time, best of three after a warm-up. CPU flags do not predict it (bf16 is 2x faster with
+    AMX and on some AMD EPYCs, 1.5x slower on Xeons without AMX), so it is measured; ~0.1-0.5 s."""
+    C, V = config.n_embd, config.padded_vocab_size
+    shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C), (C, V)]
+    # about 1 GFLOP per pass whatever the width, but at least 64 rows so that it is a real GEMM
+    rows = max(64, min(rows, int(1e9 / (6 * sum(i * o for i, o in shapes)))))
+    gen = torch.Generator().manual_seed(0)
+    tensors = [(torch.randn(rows, i, generator=gen, requires_grad=True), torch.randn(o, i, generator=gen) * 0.02)
+               for i, o in shapes]
+    for w in (w for _, w in tensors):
+        w.requires_grad_(True)
+
+    def seconds(dtype: torch.dtype | None) -> float:
+        best = math.inf
+        for i in range(4):  # the first pass warms up the kernels
+            t0 = time.perf_counter()
+            with autocast(torch.device("cpu"), dtype):
+                for x, w in tensors:
+                    F.linear(x, w).sum().backward()
+            best = best if i == 0 else min(best, time.perf_counter() - t0)
+        return best
+
+    fp32 = seconds(None)
+    return fp32 / seconds(torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------- failures
+
+def is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg))
+
+
+def free_memory(optimizers: list[torch.optim.Optimizer], device: torch.device) -> None:
+    """After a failed forward/backward: drop partial gradients and cached blocks."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def halved_micro_batch(micro: int, block_size: int, dtype: str, ranks: Ranks) -> int:
+    """The micro-batch to retry with after an out-of-memory error, or a UserError with the fix."""
+    if ranks.world_size > 1 or micro == 1:
+        fix = f"pass --micro_batch_size {max(1, micro // 2)}" if micro > 1 else "use a smaller --model_size or --block_size"
+        world = f", world size {ranks.world_size}" if ranks.world_size > 1 else ""
+        raise UserError(f"out of memory at micro-batch {micro} x block_size {block_size} ({dtype}{world}): "
+                        f"{fix}{', or --dtype bf16/fp16' if dtype == 'fp32' else ''}")
+    return max(1, micro // 2)
+
+
+def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: list[torch.optim.Optimizer],
+                      loss_chunk: int, amp_dtype: torch.dtype | None, ranks: Ranks, say) -> int:
+    """DDP only: the largest micro-batch (halving from `micro`) whose forward/backward fits on every
+    rank, found before step 1: an out-of-memory inside a synchronised backward would hang the
+    other ranks, so it is not retried mid-run."""
+    device = next(model.parameters()).device
+    # AdamW allocates its two moments at the first step, after this probe: on a fresh start, hold that
+    # much memory while probing so that the step that follows fits too
+    fresh = not any(opt.state for opt in optimizers)
+    moments = [torch.empty_like(p) for p in model.parameters() if p.requires_grad for _ in range(2)] if fresh else []
+    while True:
+        fits, rng = 1.0, torch.get_rng_state()
+        try:
+            with model.no_sync(), autocast(device, amp_dtype):
+                x, y = batch.x[:micro].to(device), batch.y[:micro].to(device)
+                loss_sum(model, x, y, int(batch.valid[:micro].sum()), loss_chunk).backward()
+        except Exception as e:  # noqa: BLE001 - only an out-of-memory is an answer here
+            if not is_oom(e):
+                raise
+            fits = 0.0
+        free_memory(optimizers, device)
+        torch.set_rng_state(rng)
+        agreed = torch.tensor([fits], device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        if agreed.item() == 1.0:
+            moments.clear()  # freed for the real ones (the CUDA allocator keeps the blocks)
+            return micro
+        if micro == 1:
+            raise UserError(f"out of memory at micro-batch 1 x block_size {batch.x.size(1)} on some rank: "
+                            f"use a smaller --model_size or --block_size")
+        micro = max(1, micro // 2)
+        say(f"out of memory at micro-batch {micro * 2} on some rank: using micro-batch {micro}")
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set `signum`: the loop finishes its step, saves and exits. A second signal
+    stops at once, without saving."""
+
+    def __init__(self, say) -> None:
+        self.signum, self.say, self.previous = 0, say, {}
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.say(f"{signal.Signals(signum).name}: finishing this step, saving, then exiting "
+                 f"(send it again to stop without saving)")
+
+    def __enter__(self) -> "StopSignals":
+        with contextlib.suppress(ValueError):  # signals can only be caught on the main thread
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
