@@ -37,6 +37,21 @@ OPTIMIZERS, SCHEDULES = ("muon", "adamw"), ("wsd", "cosine")
 DEFAULT_MUON_LR = 0.02
 
 
+def number(kind: type, rule: str, ok) -> object:
+    """An argparse type: a `kind` number for which ok(value) holds, else one error line naming `rule`."""
+    def parse(text: str):
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {rule})")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+COUNT, COUNT_OR_0 = number(int, ">= 1", lambda v: v >= 1), number(int, ">= 0", lambda v: v >= 0)
+POSITIVE, NON_NEGATIVE = number(float, "> 0", lambda v: v > 0), number(float, ">= 0", lambda v: v >= 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
@@ -44,56 +59,62 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tokenizer_file", required=True, help="the tokenizer JSON the .bin was made with")
     a("--metadata_file", default=None, help="X_metadata.json (default: the one beside the .bin)")
     a("--model_size", default="tiny", choices=list(MODEL_CONFIGS))
-    a("--batch_size", type=int, default=32, help="GLOBAL sequences per optimizer step (all ranks x accumulation)")
-    a("--epochs", type=int, default=1)
+    a("--batch_size", type=COUNT, default=32, help="GLOBAL sequences per optimizer step (all ranks x accumulation)")
+    a("--epochs", type=COUNT, default=1)
     a("--use_gpu", action="store_true", help="require a GPU (CUDA, else MPS)")
     a("--checkpoint_dir", default="checkpoints")
     a("--block_size", type=int, default=None, help="context length (default: the model size's)")
     a("--n_layer", type=int, default=None)
     a("--n_head", type=int, default=None)
     a("--n_embd", type=int, default=None)
-    a("--dropout", type=float, default=0.0)
+    a("--dropout", type=number(float, "in [0, 1)", lambda v: 0 <= v < 1), default=0.0)
     a("--tie_embeddings", action="store_true")
     a("--init_from", default=None, help="weights only: our checkpoint dir or a HuggingFace GPT-2 folder")
     a("--data_mode", default="auto", choices=["auto", "mmap", "preload"])
     a("--val_bin_file", default=None)
-    a("--val_fraction", type=float, default=0.01, help="held-out tail when no --val_bin_file (0: no validation)")
+    a("--val_fraction", type=number(float, "in [0, 0.5]", lambda v: 0 <= v <= 0.5), default=0.01,
+      help="held-out tail when no --val_bin_file (0: no validation)")
     a("--loss_on", default="all", choices=["all", "assistant"])
-    a("--max_steps", type=int, default=None)
-    a("--max_tokens", type=int, default=None)
-    a("--max_minutes", type=float, default=None, help="save and stop after this many minutes")
+    a("--max_steps", type=COUNT, default=None)
+    a("--max_tokens", type=COUNT, default=None)
+    a("--max_minutes", type=POSITIVE, default=None, help="save and stop after this many minutes")
     a("--optimizer", default=None, choices=OPTIMIZERS,
       help="muon: Muon for the matrices inside the blocks, AdamW for the rest; adamw: AdamW for all "
            "(default: the resumed checkpoint's, else muon)")
     a("--schedule", default=None, choices=SCHEDULES,
       help="wsd: warmup, constant, then a linear decay over --decay_fraction of the run; cosine: warmup, "
            "then cosine to --min_lr (default: the resumed checkpoint's, else wsd)")
-    a("--lr", type=float, default=None, help="peak learning rate of the AdamW groups (default: 1e-3 up to "
-                                             "n_embd 256, else 6e-4)")
-    a("--muon_lr", type=float, default=DEFAULT_MUON_LR,
+    a("--lr", type=POSITIVE, default=None, help="peak learning rate of the AdamW groups (default: 1e-3 up to "
+                                                "n_embd 256, else 6e-4)")
+    a("--muon_lr", type=POSITIVE, default=DEFAULT_MUON_LR,
       help="peak learning rate of Muon (each matrix's update is scaled to AdamW's RMS, so it holds across widths)")
-    a("--min_lr", type=float, default=None, help="where the decay ends (default lr/10); Muon's ends at the same fraction")
-    a("--decay_fraction", type=float, default=0.3, help="wsd: the share of the run spent decaying")
-    a("--warmup_steps", type=int, default=None, help="default: 5%% of planned steps, at most 2000")
+    a("--min_lr", type=NON_NEGATIVE, default=None, help="where the decay ends (default lr/10; Muon's at the same "
+                                                        "fraction of its peak)")
+    a("--decay_fraction", type=number(float, "in (0, 1]", lambda v: 0 < v <= 1), default=0.3,
+      help="wsd: the share of the run spent decaying")
+    a("--warmup_steps", type=COUNT_OR_0, default=None, help="default: 5%% of planned steps, at most 2000")
     a("--weight_decay", type=float, default=0.1)
     a("--grad_clip", type=float, default=1.0, help="0: no clipping")
-    a("--grad_accum_steps", type=int, default=None)
-    a("--micro_batch_size", type=int, default=None, help="per-rank rows per forward (default: all; halved on OOM)")
-    a("--loss_chunk_size", type=int, default=-1, help="tokens per loss chunk; -1: 2048 when vocab >= 8192, else 0 (off)")
+    a("--grad_accum_steps", type=COUNT, default=None)
+    a("--micro_batch_size", type=COUNT, default=None, help="per-rank rows per forward (default: all; halved on OOM)")
+    a("--loss_chunk_size", type=number(int, ">= -1", lambda v: v >= -1), default=-1,
+      help="tokens per loss chunk; -1: 2048 when vocab >= 8192, else 0 (off)")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
       help="auto: bf16 on GPUs that have it (else fp16); on a CPU, bf16 if a probe measures it faster")
     a("--compile", default="auto", choices=["auto", "on", "off"], help="auto: on for CUDA")
     a("--device", default="auto", help="auto|cpu|cuda|mps")
     a("--seed", type=int, default=1337)
-    a("--eval_every_steps", type=int, default=500)
-    a("--eval_batches", type=int, default=20, help="micro-batches per evaluation (set by the first run; a resume keeps it)")
-    a("--log_every_steps", type=int, default=10)
-    a("--save_every_steps", type=int, default=1000, help="0: off")
-    a("--save_every_minutes", type=float, default=30.0, help="0: off")
-    a("--keep_last", type=int, default=3, help="step folders kept (best and decay_start are never pruned; 0: keep all)")
+    a("--eval_every_steps", type=COUNT_OR_0, default=500, help="0: only at the end of an epoch and of the run")
+    a("--eval_batches", type=COUNT, default=20,
+      help="micro-batches per evaluation (set by the first run; a resume keeps it)")
+    a("--log_every_steps", type=COUNT, default=10)
+    a("--save_every_steps", type=COUNT_OR_0, default=1000, help="0: off")
+    a("--save_every_minutes", type=NON_NEGATIVE, default=30.0, help="0: off")
+    a("--keep_last", type=COUNT_OR_0, default=3, help="step folders kept (best and decay_start are never pruned; "
+                                                      "0: keep all)")
     a("--resume", default="auto", help="auto (from checkpoint_dir/latest) | never | PATH")
-    a("--nan_patience", type=int, default=5, help="NaN/inf steps in a row before rolling back")
-    a("--max_rollbacks", type=int, default=2)
+    a("--nan_patience", type=COUNT, default=5, help="NaN/inf steps in a row before rolling back")
+    a("--max_rollbacks", type=COUNT_OR_0, default=2)
     a("--wandb", action="store_true")
     a("--tensorboard", action="store_true")
     a("--debug", action="store_true")
@@ -101,29 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(a: argparse.Namespace, ranks: Ranks) -> None:
-    """Numbers that make no sense, caught before anything is read or allocated."""
-    rules = [("--batch_size", a.batch_size, a.batch_size >= 1), ("--epochs", a.epochs, a.epochs >= 1),
-             ("--max_steps", a.max_steps, a.max_steps is None or a.max_steps >= 1),
-             ("--max_tokens", a.max_tokens, a.max_tokens is None or a.max_tokens >= 1),
-             ("--max_minutes", a.max_minutes, a.max_minutes is None or a.max_minutes > 0),
-             ("--lr", a.lr, a.lr is None or a.lr > 0), ("--muon_lr", a.muon_lr, a.muon_lr > 0),
-             ("--min_lr", a.min_lr, a.min_lr is None or (0 <= a.min_lr and (a.lr is None or a.min_lr <= a.lr))),
-             ("--decay_fraction", a.decay_fraction, 0 < a.decay_fraction <= 1),
-             ("--warmup_steps", a.warmup_steps, a.warmup_steps is None or a.warmup_steps >= 0),
-             ("--val_fraction", a.val_fraction, 0 <= a.val_fraction <= 0.5),
-             ("--dropout", a.dropout, 0 <= a.dropout < 1), ("--eval_batches", a.eval_batches, a.eval_batches >= 1),
-             ("--log_every_steps", a.log_every_steps, a.log_every_steps >= 1),
-             ("--eval_every_steps", a.eval_every_steps, a.eval_every_steps >= 0),
-             ("--save_every_steps", a.save_every_steps, a.save_every_steps >= 0),
-             ("--save_every_minutes", a.save_every_minutes, a.save_every_minutes >= 0),
-             ("--keep_last", a.keep_last, a.keep_last >= 0), ("--nan_patience", a.nan_patience, a.nan_patience >= 1),
-             ("--max_rollbacks", a.max_rollbacks, a.max_rollbacks >= 0),
-             ("--grad_accum_steps", a.grad_accum_steps, a.grad_accum_steps is None or a.grad_accum_steps >= 1),
-             ("--micro_batch_size", a.micro_batch_size, a.micro_batch_size is None or a.micro_batch_size >= 1),
-             ("--loss_chunk_size", a.loss_chunk_size, a.loss_chunk_size >= -1)]
-    for flag, value, ok in rules:
-        if not ok:
-            raise UserError(f"{flag} {value} is out of range; see --help")
+    """What the flags' types cannot check alone, caught before anything is read or allocated."""
     world = ranks.world_size
     if a.batch_size % world:
         raise UserError(f"--batch_size {a.batch_size} is not divisible by the {world} ranks; use a multiple of {world}")
@@ -447,10 +446,10 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 if schedule == "wsd" and not progress.decay_steps:
                     end = planned_end(total_steps, progress.step, session_steps, session_start, args.max_minutes)
                     if progress.step >= end - max(1, round(args.decay_fraction * end)):
-                        progress.decay_start, progress.decay_steps = progress.step, end - progress.step
                         if progress.step > 0:
-                            save("decay_start")  # extending the run later starts from here
+                            save("decay_start")  # the state before the decay: extending the run starts here
                             saved_step = progress.step
+                        progress.decay_start, progress.decay_steps = progress.step, end - progress.step
                 decay_end = progress.decay_start + progress.decay_steps
                 end = decay_end if args.max_minutes and progress.step < decay_end else total_steps
                 batch = batches.next()
@@ -605,8 +604,8 @@ def planned_end(total_steps: int, step: int, session_steps: int, session_start: 
     (from this session's measured seconds per step, once a few steps have run)."""
     if max_minutes is None or session_steps < 3:
         return total_steps
-    per_step = (time.time() - session_start) / session_steps
-    steps_left = (60 * max_minutes - (time.time() - session_start)) / per_step
+    elapsed = time.time() - session_start
+    steps_left = (0.97 * 60 * max_minutes - elapsed) / (elapsed / session_steps)  # 3% kept for the last save
     return max(step + 1, min(total_steps, step + int(steps_left)))
 
 
