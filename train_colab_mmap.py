@@ -26,12 +26,13 @@ from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, first_
                     resolve_checkpoint_dir, sha256_file)
 from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
 from tokenizer import load_tokenizer
-from train_io import (Checkpoint, MetricsLog, Progress, Ranks, TokenSource, assistant_mask_for, capture_rng,
-                      check_token_files, choose_data_mode, eval_windows, find_checkpoint, list_checkpoints,
-                      num_windows, plan_splits, read_checkpoint, recover_interrupted_saves, restore_checkpoint,
-                      restore_rng, save_checkpoint, saved_optimizer, split_bytes, BatchStream)
-from train_step import (StopSignals, build_optimizers, evaluate, forward_backward, free_memory, halved_micro_batch,
-                        is_oom, lr_at, peak_flops, probe_bf16_speedup, probe_micro_batch)
+from train_data import (BatchStream, TokenSource, assistant_mask_for, check_token_files, choose_data_mode, eval_windows,
+                        num_windows, plan_splits, split_bytes)
+from train_state import (Checkpoint, MetricsLog, Progress, Ranks, capture_rng, find_checkpoint, list_checkpoints,
+                         read_checkpoint, recover_interrupted_saves, restore_checkpoint, restore_rng, save_checkpoint)
+from train_step import (StopSignals, agree_on, build_optimizers, evaluate, forward_backward, free_memory,
+                        halved_micro_batch, is_oom, lr_at, peak_flops, planned_end, probe_bf16_speedup,
+                        probe_micro_batch, roll_back, step_record)
 
 OPTIMIZERS, SCHEDULES = ("muon", "adamw"), ("wsd", "cosine")
 DEFAULT_MUON_LR = 0.02
@@ -218,7 +219,7 @@ def choose_optimizer(requested: str | None, resume: Checkpoint | None, say) -> s
     """The checkpoint's optimizer on a resume (another one asked for is an error); else muon
     (adamw on a torch without torch.optim.Muon, with a note)."""
     if resume is not None:
-        saved = saved_optimizer(resume)
+        saved = "muon" if resume.training_state.get("muon") else "adamw"  # older checkpoints: adamw
         if requested not in (None, saved):
             raise UserError(f"{resume.folder} was trained with --optimizer {saved}, this run asks for --optimizer "
                             f"{requested}: pass --optimizer {saved}, another --checkpoint_dir, or --resume never")
@@ -421,7 +422,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     def save(*pointers: str) -> None:
         progress.wall_time_s = wall_before + time.time() - session_start
         save_checkpoint(ckdir, model, optimizers, scaler, progress, ranks, device,
-                        {**summary, **trainer_summary(progress)}, args.tokenizer_file, args.keep_last,
+                        {**summary, **progress.summary()}, args.tokenizer_file, args.keep_last,
                         ("latest",) + pointers)
 
     # ------------------------------------------------------------------ the training loop
@@ -515,8 +516,8 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     say(f"warning: non-finite loss/gradients at step {progress.step} (loss {loss}); update skipped "
                         f"({bad_streak} in a row, {progress.nan_skipped} in all)")
                     if bad_streak >= args.nan_patience:
-                        roll_back(ckdir, model, optimizers, scaler, progress, ranks, device, args, lr, bad_streak,
-                                  metrics, say)
+                        roll_back(ckdir, model, optimizers, scaler, progress, ranks, device, args.max_rollbacks,
+                                  args.seed, lr, bad_streak, metrics, say)
                         bad_streak, saved_step = 0, progress.step
                         batches.close()
                         batches = open_batches()
@@ -594,68 +595,6 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     say(f"checkpoint: {ckdir}/latest -> step_{progress.step:08d}; load it with "
         f"TransformerLanguageModel.from_pretrained('{ckdir}')")
     return exit_code
-
-
-# ---------------------------------------------------------------------------- small helpers of the loop
-
-def planned_end(total_steps: int, step: int, session_steps: int, session_start: float,
-                max_minutes: float | None) -> int:
-    """The step the run will end at: total_steps, or earlier when --max_minutes will stop it first
-    (from this session's measured seconds per step, once a few steps have run)."""
-    if max_minutes is None or session_steps < 3:
-        return total_steps
-    elapsed = time.time() - session_start
-    steps_left = (0.97 * 60 * max_minutes - elapsed) / (elapsed / session_steps)  # 3% kept for the last save
-    return max(step + 1, min(total_steps, step + int(steps_left)))
-
-
-def agree_on(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag true on any rank becomes true on all (so all ranks save and stop together)."""
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t)
-    return [v > 0 for v in t.tolist()]
-
-
-def roll_back(ckdir: Path, model, optimizers, scaler, progress: Progress, ranks: Ranks, device: torch.device,
-              args: argparse.Namespace, lr: float, bad_streak: int, metrics: MetricsLog | None, say) -> None:
-    """After --nan_patience non-finite steps in a row: back to the newest checkpoint with the
-    learning rate halved, at most --max_rollbacks times; then stop with advice."""
-    found = find_checkpoint(ckdir, say) if progress.rollbacks < args.max_rollbacks else None
-    if found is None:
-        raise UserError(f"the loss was NaN/inf for {bad_streak} steps in a row at step {progress.step} after "
-                        f"{progress.rollbacks} rollbacks: lower --lr (now {lr * progress.lr_scale:.2e}), lower "
-                        f"--grad_clip, use --dtype bf16 or fp32 instead of fp16, or check the data")
-    kept = (progress.lr_scale * 0.5, progress.nan_skipped, progress.rollbacks + 1)
-    restore_checkpoint(found, model, optimizers, scaler, progress, ranks, device, args.seed)
-    progress.lr_scale, progress.nan_skipped, progress.rollbacks = kept
-    if metrics:
-        metrics.truncate_after(progress.step)
-        metrics.write({"event": "rollback", "step": progress.step, "to": found.folder.name,
-                       "lr_scale": progress.lr_scale})
-    say(f"rolled back to {found.folder.name} with the learning rate scaled by {progress.lr_scale:g}")
-
-
-def step_record(progress: Progress, n_windows: int, loss: float, grad_norm: float, tokens_per_sec: float,
-                mfu: float | None, lr: float, elapsed: float, device: torch.device) -> dict:
-    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
-    return {"step": progress.step, "epoch": round(progress.epoch + progress.offset / n_windows, 4),
-            "tokens": progress.tokens_seen, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_sec": round(tokens_per_sec, 1), "mfu": None if mfu is None else round(mfu, 4),
-            "memory_gb": round(memory / 1e9, 3), "micro_batch_size": progress.micro_batch_size,
-            "elapsed_s": round(elapsed, 2)}
-
-
-def trainer_summary(p: Progress) -> dict:
-    """trainer_state.json's view of the progress (the full state is in training_state.pt)."""
-    return {"step": p.step, "epoch": p.epoch, "tokens_seen": p.tokens_seen, "train_loss": p.train_loss,
-            "val_loss": p.val_loss, "val_bpb": p.val_bpb, "best_val_loss": p.best_val_loss,
-            "wall_time_s": round(p.wall_time_s, 1), "micro_batch_size": p.micro_batch_size}
-
-
-def peak_rss_bytes() -> int:
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def fmt(x: float | None) -> str:

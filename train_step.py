@@ -8,7 +8,9 @@ import contextlib
 import gc
 import math
 import signal
+import sys
 import time
+from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 
 from common import UserError
 from model import GPTConfig, TransformerLanguageModel
-from train_io import IGNORE_INDEX, Batch, Ranks, TokenSource, make_batch
+from train_data import IGNORE_INDEX, Batch, TokenSource, make_batch
+from train_state import MetricsLog, Progress, Ranks, find_checkpoint, restore_checkpoint
 
 # Dense bf16/fp16 tensor-core peak, for MFU.
 PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), ("V100", 125), ("T4", 65)]
@@ -261,3 +264,58 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------------------- the loop's bookkeeping
+
+def planned_end(total_steps: int, step: int, session_steps: int, session_start: float,
+                max_minutes: float | None) -> int:
+    """The step the run will end at: total_steps, or earlier when --max_minutes will stop it first
+    (from this session's measured seconds per step, once a few steps have run)."""
+    if max_minutes is None or session_steps < 3:
+        return total_steps
+    elapsed = time.time() - session_start
+    steps_left = (0.97 * 60 * max_minutes - elapsed) / (elapsed / session_steps)  # 3% kept for the last save
+    return max(step + 1, min(total_steps, step + int(steps_left)))
+
+
+def agree_on(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on any rank becomes true on all (so all ranks save and stop together)."""
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t)
+    return [v > 0 for v in t.tolist()]
+
+
+def roll_back(ckdir: Path, model, optimizers, scaler, progress: Progress, ranks: Ranks, device: torch.device,
+              max_rollbacks: int, seed: int, lr: float, bad_streak: int, metrics: MetricsLog | None, say) -> None:
+    """After --nan_patience non-finite steps in a row: back to the newest checkpoint with the
+    learning rate halved, at most --max_rollbacks times; then stop with advice."""
+    found = find_checkpoint(ckdir, say) if progress.rollbacks < max_rollbacks else None
+    if found is None:
+        raise UserError(f"the loss was NaN/inf for {bad_streak} steps in a row at step {progress.step} after "
+                        f"{progress.rollbacks} rollbacks: lower --lr (now {lr * progress.lr_scale:.2e}), lower "
+                        f"--grad_clip, use --dtype bf16 or fp32 instead of fp16, or check the data")
+    kept = (progress.lr_scale * 0.5, progress.nan_skipped, progress.rollbacks + 1)
+    restore_checkpoint(found, model, optimizers, scaler, progress, ranks, device, seed)
+    progress.lr_scale, progress.nan_skipped, progress.rollbacks = kept
+    if metrics:
+        metrics.truncate_after(progress.step)
+        metrics.write({"event": "rollback", "step": progress.step, "to": found.folder.name,
+                       "lr_scale": progress.lr_scale})
+    say(f"rolled back to {found.folder.name} with the learning rate scaled by {progress.lr_scale:g}")
+
+
+def step_record(progress: Progress, n_windows: int, loss: float, grad_norm: float, tokens_per_sec: float,
+                mfu: float | None, lr: float, elapsed: float, device: torch.device) -> dict:
+    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    return {"step": progress.step, "epoch": round(progress.epoch + progress.offset / n_windows, 4),
+            "tokens": progress.tokens_seen, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_sec": round(tokens_per_sec, 1), "mfu": None if mfu is None else round(mfu, 4),
+            "memory_gb": round(memory / 1e9, 3), "micro_batch_size": progress.micro_batch_size,
+            "elapsed_s": round(elapsed, 2)}
+
+
+def peak_rss_bytes() -> int:
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024

@@ -114,7 +114,7 @@ model.load_state_dict(torch.load(ck + "/pytorch_model.bin"))  # the seed's line,
 print("loaded on", next(model.parameters()).device)
 EOF
 if [ "$DRY" != 1 ]; then
-  check cpu_test_files timeout 150 $PY -m pytest -q -x -m "not slow" tests/test_train.py tests/test_train_io.py \
+  check cpu_test_files timeout 150 $PY -m pytest -q -x -m "not slow" tests/test_train.py tests/test_train_data_state.py \
     > "$OUT_DIR/pytest.log" 2>&1
 fi
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train_colab_mmap as tcm  # noqa: E402
-import train_io  # noqa: E402
+import train_state  # noqa: E402
 from common import UserError, sha256_file  # noqa: E402
 from model import TransformerLanguageModel  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
@@ -123,7 +123,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data, ckpt, tmp_path, 
         assert not (ck / "step_00000004").exists()
         assert [q.name for q in ck.iterdir() if q.name.startswith((".tmp-", ".old-"))] == []
         assert tree_bytes(step2) == before
-        saved = train_io.read_checkpoint(step2)  # sizes and sha256 of every file still match
+        saved = train_state.read_checkpoint(step2)  # sizes and sha256 of every file still match
         sd, ts, meta = saved.weights, saved.training_state, saved.trainer_state
         assert meta["step"] == 2 and ts["progress"]["step"] == 2
         model = TransformerLanguageModel.from_pretrained(ck)
@@ -136,7 +136,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data, ckpt, tmp_path, 
 
 
 def test_write_checkpoint_failing_midway_in_process(ckpt, tmp_path, monkeypatch) -> None:
-    """train_io.write_checkpoint with torch.save failing (ENOSPC) on training_state.pt, both for a new
+    """train_state.write_checkpoint with torch.save failing (ENOSPC) on training_state.pt, both for a new
     step and when rewriting the folder of an existing step: the old folders are untouched."""
     ck = shutil.copytree(ckpt, tmp_path / "ck")
     step2 = ck / "step_00000002"
@@ -152,14 +152,14 @@ def test_write_checkpoint_failing_midway_in_process(ckpt, tmp_path, monkeypatch)
             raise OSError(errno.ENOSPC, "No space left on device", str(f))
         return real_save(obj, f, *a, **kw)
 
-    monkeypatch.setattr(train_io.torch, "save", failing_save)
+    monkeypatch.setattr(train_state.torch, "save", failing_save)
     state = {"format_version": 1, "progress": {"step": 3}, "optimizer": {}, "scaler": {}, "rng": []}
     for name in ("step_00000003", "step_00000002"):
         with pytest.raises(OSError):
-            train_io.write_checkpoint(ck, name, model, str(step2 / "tokenizer.json"), state, {"step": 3})
+            train_state.write_checkpoint(ck, name, model, str(step2 / "tokenizer.json"), state, {"step": 3})
         assert tree_bytes(ck) == before
         assert [q.name for q in ck.iterdir() if q.name.startswith((".tmp-", ".old-"))] == []
-    train_io.read_checkpoint(step2)
+    train_state.read_checkpoint(step2)
 
 
 def test_crash_between_the_two_renames_is_recovered(ckpt, tmp_path) -> None:
@@ -173,10 +173,10 @@ def test_crash_between_the_two_renames_is_recovered(ckpt, tmp_path) -> None:
     half = ck / ".tmp-step_00000002-4242"
     half.mkdir()
     (half / "pytorch_model.bin").write_bytes(b"PK\x03\x04 half")
-    train_io.recover_interrupted_saves(ck)
+    train_state.recover_interrupted_saves(ck)
     assert tree_bytes(step2) == before
     assert sorted(q.name for q in ck.iterdir() if q.name.startswith(".")) == []
-    found = train_io.find_checkpoint(ck, print)
+    found = train_state.find_checkpoint(ck, print)
     assert found is not None and found.folder == step2
 
 

@@ -19,6 +19,7 @@ from char_data import word_documents, write_char_dataset  # noqa: E402
 from common import UserError  # noqa: E402
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
+import train_step  # noqa: E402
 from train_step import build_optimizers, lr_at  # noqa: E402
 
 SMALL = ["--device", "cpu", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
@@ -102,12 +103,12 @@ def test_wsd_run_saves_where_its_decay_begins_and_extends_from_there(data, tmp_p
 
 
 def test_planned_end_follows_the_time_left(monkeypatch):
-    monkeypatch.setattr(tcm.time, "time", lambda: 130.0)
+    monkeypatch.setattr(train_step.time, "time", lambda: 130.0)
     # 10 steps in 30 s this session: 3 s a step; 97% of a 60 s budget -> 9 more steps
-    assert tcm.planned_end(1000, 50, 10, 100.0, 1.0) == 59
-    assert tcm.planned_end(55, 50, 10, 100.0, 1.0) == 55  # the planned steps end first
-    assert tcm.planned_end(1000, 50, 2, 100.0, 1.0) == 1000  # too few steps measured yet
-    assert tcm.planned_end(1000, 50, 10, 100.0, None) == 1000
+    assert train_step.planned_end(1000, 50, 10, 100.0, 1.0) == 59
+    assert train_step.planned_end(55, 50, 10, 100.0, 1.0) == 55  # the planned steps end first
+    assert train_step.planned_end(1000, 50, 2, 100.0, 1.0) == 1000  # too few steps measured yet
+    assert train_step.planned_end(1000, 50, 10, 100.0, None) == 1000
 
 
 def test_wsd_cut_by_max_minutes_still_ends_decayed(data, tmp_path):
@@ -150,7 +151,7 @@ def test_val_bpb_is_the_loss_in_bits_per_byte_of_the_validation_text(data, tmp_p
 
 def test_split_bytes_cuts_chunks_after_endoftext_only(data):
     """Decoding in chunks gives the same count as decoding the whole split at once."""
-    from train_io import Split, TokenFile, split_bytes
+    from train_data import Split, TokenFile, split_bytes
 
     tok = load_tokenizer(data["tok"])
     tf = TokenFile(data["bin"], np.dtype(np.uint16), len(data["ids"]))

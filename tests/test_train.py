@@ -25,7 +25,7 @@ import train_colab_mmap as tcm  # noqa: E402
 from common import UserError  # noqa: E402
 from model import TransformerLanguageModel  # noqa: E402
 from char_data import WORDS, word_documents, write_char_dataset  # noqa: E402
-from train_io import epoch_permutation  # noqa: E402
+from train_data import epoch_permutation  # noqa: E402
 from train_step import lr_at  # noqa: E402
 from fault_injection import fake_nan, fake_oom  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""train_io.py: the assistant-only mask on hand-built sequences, epoch windows and rank shares,
+"""train_data.py and train_state.py: the assistant-only mask on hand-built sequences, epoch windows and rank shares,
 token-file checks, checkpoint verification, fallback and pruning; the trainer's small pure helpers."""
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ sys.path.insert(0, str(REPO))
 import train_colab_mmap as tcm  # noqa: E402
 from common import UserError, sha256_file  # noqa: E402
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
-from train_io import (AssistantMask, BatchStream, TokenFile, TokenSource, check_token_files, choose_data_mode,  # noqa: E402
-                      epoch_permutation, find_checkpoint, list_checkpoints, make_batch, prune_checkpoints,
-                      read_checkpoint, recover_interrupted_saves, write_checkpoint, Split)
+from train_data import (AssistantMask, BatchStream, Split, TokenFile, TokenSource, check_token_files,  # noqa: E402
+                        choose_data_mode, epoch_permutation, make_batch)
+from train_state import (find_checkpoint, list_checkpoints, prune_checkpoints, read_checkpoint,  # noqa: E402
+                         recover_interrupted_saves, write_checkpoint)
 from train_step import is_oom, lr_at, peak_flops, probe_bf16_speedup  # noqa: E402
 
 EOT, USER, ASSIST, SYSTEM = 0, 1, 2, 3

@@ -1,0 +1,306 @@
+"""What train_colab_mmap.py keeps on disk: checkpoints (atomic step folders, verified by size and
+sha256 on load, with fallback to an older one, pruning, and recovery from a save cut off midway)
+and metrics (metrics.jsonl and the loss-curve PNG).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common import UserError, atomic_dir, atomic_path, atomic_write_json, atomic_write_text, first_line, sha256_file
+from model import load_weights_file, unwrap_model
+
+CKPT_FILES = ("pytorch_model.bin", "training_state.pt", "config.json", "tokenizer.json")
+
+
+# ---------------------------------------------------------------------------- training state
+
+@dataclass
+class Ranks:
+    """This process's place among the torchrun ranks; rank 0 alone prints and writes files."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0               # windows of `epoch` already consumed
+    tokens_seen: int = 0
+    micro_batch_size: int = 1
+    lr_scale: float = 1.0         # halved by each NaN rollback
+    best_val_loss: float | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    nan_skipped: int = 0
+    rollbacks: int = 0
+    wall_time_s: float = 0.0
+    eval_windows: int = 0         # validation windows per evaluation, fixed by the first run so that
+                                  # every evaluation (and `best`) compares the same set
+    decay_start: int = 0          # WSD: the step its final decay began (0: not yet) and its length
+    decay_steps: int = 0
+
+    def summary(self) -> dict:
+        """trainer_state.json's view of the progress (the full state is in training_state.pt)."""
+        return {"step": self.step, "epoch": self.epoch, "tokens_seen": self.tokens_seen, "train_loss": self.train_loss,
+                "val_loss": self.val_loss, "val_bpb": self.val_bpb, "best_val_loss": self.best_val_loss,
+                "wall_time_s": round(self.wall_time_s, 1), "micro_batch_size": self.micro_batch_size}
+
+
+def capture_rng(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8),
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"].numel():
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+
+
+def save_checkpoint(ckdir: Path, model: torch.nn.Module, optimizers: list, scaler: Any, progress: Progress,
+                    ranks: Ranks, device: torch.device, summary: dict, tokenizer_file: str, keep_last: int,
+                    pointers: tuple[str, ...] = ("latest",)) -> None:
+    """Every rank calls this (their RNG states are gathered); rank 0 writes step_N and points each
+    of `pointers` (latest, best, decay_start) at it. `summary` goes into trainer_state.json."""
+    rngs = [None] * ranks.world_size
+    if ranks.world_size > 1:
+        torch.distributed.all_gather_object(rngs, capture_rng(device))
+    else:
+        rngs = [capture_rng(device)]
+    if ranks.is_main:
+        state = {"format_version": 1, "progress": asdict(progress), "optimizer": optimizers[0].state_dict(),
+                 "muon": optimizers[1].state_dict() if len(optimizers) > 1 else {},
+                 "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rngs,
+                 "world_size": ranks.world_size}
+        name = f"step_{progress.step:08d}"
+        try:
+            write_checkpoint(ckdir, name, model, tokenizer_file, state, summary)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            raise UserError(f"cannot write checkpoint {name} to --checkpoint_dir {ckdir}: {first_line(e, 160)}; "
+                            f"free disk space or pass another --checkpoint_dir (the earlier checkpoints there are "
+                            f"intact)") from None
+        for pointer in pointers:
+            atomic_write_text(ckdir / pointer, name + "\n")
+        prune_checkpoints(ckdir, keep_last)
+    if ranks.world_size > 1:
+        torch.distributed.barrier()
+
+
+def restore_checkpoint(checkpoint: "Checkpoint", model: torch.nn.Module, optimizers: list, scaler: Any,
+                       progress: Progress, ranks: Ranks, device: torch.device, seed: int) -> None:
+    """Weights, optimizer states (the learning rates of this run kept), scaler, progress (in place)
+    and this rank's RNG states."""
+    state = checkpoint.training_state
+    model.load_state_dict(checkpoint.weights)
+    for opt, saved in zip(optimizers, (state["optimizer"], state.get("muon"))):
+        rates = [(g["peak_lr"], g["min_lr"]) for g in opt.param_groups]
+        opt.load_state_dict(saved)  # also loads the saved param-group settings: keep this run's rates
+        for g, (peak, low) in zip(opt.param_groups, rates):
+            g["peak_lr"], g["min_lr"] = peak, low
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    for f in fields(Progress):
+        setattr(progress, f.name, state["progress"].get(f.name, f.default))
+    rngs = state.get("rng", [])
+    if len(rngs) == ranks.world_size:
+        restore_rng(rngs[ranks.rank], device)
+    else:  # another world size: fresh but reproducible streams
+        torch.manual_seed(seed + 7919 * progress.step + ranks.rank)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def list_checkpoints(ckdir: Path) -> list[Path]:
+    """step_* folders, most recently written first (trainer_state.json is written last)."""
+    def written(p: Path) -> float:
+        f = p / "trainer_state.json"
+        return f.stat().st_mtime if f.exists() else p.stat().st_mtime
+    dirs = [p for p in ckdir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(dirs, key=lambda p: (written(p), int(p.name[5:])), reverse=True)
+
+
+@dataclass
+class Checkpoint:
+    """One verified step folder, loaded."""
+    folder: Path
+    weights: dict            # the model's state_dict
+    training_state: dict     # optimizer(s), scaler, RNG states, progress (training_state.pt)
+    trainer_state: dict      # trainer_state.json: the human-readable summary, file sizes and sha256
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """Load a step folder after checking every file's size and sha256. Raises ValueError naming
+    what is wrong."""
+    try:
+        meta = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"trainer_state.json unreadable ({type(e).__name__})") from None
+    for name, want in meta.get("files", {}).items():
+        f = folder / name
+        if not f.is_file() or f.stat().st_size != want["size"]:
+            raise ValueError(f"{name} is missing or truncated")
+        if sha256_file(f) != want["sha256"]:
+            raise ValueError(f"{name} is corrupt (sha256 mismatch)")
+    current = "pytorch_model.bin"
+    try:
+        weights = load_weights_file(folder)
+        current = "training_state.pt"
+        state = torch.load(folder / current, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable state, a code-carrying pickle included
+        reason = first_line(e, 160)
+        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+            reason = "it holds objects other than tensors (refused: loading it could run code)"
+        raise ValueError(f"cannot load {current}: {reason}") from None
+    return Checkpoint(folder, weights, state, meta)
+
+
+def find_checkpoint(ckdir: Path, say: Callable[[str], None]) -> Checkpoint | None:
+    """The newest usable checkpoint in ckdir; unusable newer ones are skipped with a warning."""
+    found = list_checkpoints(ckdir) if ckdir.is_dir() else []
+    pointer = ckdir / "latest"
+    if pointer.is_file():
+        named = ckdir / pointer.read_text(encoding="utf-8").strip()
+        found = [named] * named.is_dir() + [p for p in found if p != named]
+    for i, folder in enumerate(found):
+        try:
+            return read_checkpoint(folder)
+        except ValueError as e:
+            nxt = f"falling back to {found[i + 1].name}" if i + 1 < len(found) else "no earlier checkpoint"
+            say(f"warning: checkpoint {folder} is unusable: {e}; {nxt}")
+    if found:
+        raise UserError(f"no usable checkpoint in {ckdir} (all {len(found)} are damaged); "
+                        f"pass --resume never to start over or --resume PATH")
+    return None
+
+
+def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_file: str,
+                     training_state: dict, trainer_state: dict) -> Path:
+    """Build ckdir/.tmp-NAME-PID, then rename it to ckdir/NAME: never a half folder."""
+    final = ckdir / name
+    with atomic_dir(final, tmp=ckdir / f".tmp-{name}-{os.getpid()}") as tmp:
+        # weights as CPU tensors (a GPU-trained checkpoint must load on a CPU: the seed's torch.load
+        # has no map_location); tensors shared by tied embeddings stay shared
+        unwrap_model(model).write_weights(tmp)
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        torch.save(training_state, tmp / "training_state.pt")
+        files = {}
+        for f in CKPT_FILES:
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[f] = {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
+        atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "files": files})
+    return final
+
+
+POINTERS = ("latest", "best", "decay_start")  # files naming a step folder; pruning never removes those
+
+
+def prune_checkpoints(ckdir: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    protected = {(ckdir / p).read_text().strip() for p in POINTERS if (ckdir / p).is_file()}
+    for folder in list_checkpoints(ckdir)[keep_last:]:
+        if folder.name not in protected:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def recover_interrupted_saves(ckdir: Path) -> None:
+    """A run killed mid-save leaves .tmp-* (incomplete: removed) or, when it was replacing a
+    folder of the same step, .old-NAME-PID (the complete old folder: put back if NAME is gone)."""
+    for leftover in ckdir.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    for old in ckdir.glob(".old-*"):
+        name = ckdir / old.name[len(".old-"):].rsplit("-", 1)[0]
+        if name.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, name)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per log, evaluation or event), extra sinks (wandb,
+    tensorboard) and loss_curve.png. Only rank 0 makes one."""
+
+    def __init__(self, ckdir: Path, say: Callable[[str], None]) -> None:
+        self.path, self.png, self.say = ckdir / "metrics.jsonl", ckdir / "loss_curve.png", say
+        self.history: list[dict] = []
+        self.sinks: list[Callable[[dict], Any]] = []
+        self.warned_no_matplotlib = False
+
+    def start_fresh(self) -> None:
+        """A fresh run keeps an older run's metrics under another name."""
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(f"metrics-{int(time.time())}.jsonl"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume or rollback: forget records logged after `step` (events stay)."""
+        if self.path.exists():
+            keep = [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+            self.history = [r for r in keep if r.get("step", 0) <= step or "event" in r]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def write(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink(record)
+
+    def plot(self) -> None:
+        """Train and validation loss against tokens seen; validation bits per byte on a second axis."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            if not self.warned_no_matplotlib:
+                self.say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
+                self.warned_no_matplotlib = True
+            return
+        def points(key: str) -> list[tuple[int, float]]:
+            return [(r["tokens"], r[key]) for r in self.history if r.get(key) is not None and "tokens" in r]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, label in (("loss", "train"), ("val_loss", "validation")):
+            if points(key):
+                ax.plot(*zip(*points(key)), label=label, marker="o" if key == "val_loss" else None)
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()
+        if points("val_bpb"):
+            bpb_ax = ax.twinx()
+            bpb_ax.plot(*zip(*points("val_bpb")), color="tab:green", marker="s", label="validation bits/byte")
+            bpb_ax.set_ylabel("bits per byte")
+            extra = bpb_ax.get_legend_handles_labels()
+            handles = (handles[0] + extra[0], handles[1] + extra[1])
+        ax.legend(*handles)
+        with atomic_path(self.png) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
