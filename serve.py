@@ -212,6 +212,8 @@ class Engine:
     def submit(self, job: Job) -> None:
         with self._cond:
             if len(self._queue) >= self.max_queue:
+                self._drop_cancelled()  # requests whose clients left hold no room
+            if len(self._queue) >= self.max_queue:
                 raise QueueFull
             self._queue.append(job)
             self.stats["requests"] += 1
@@ -219,7 +221,8 @@ class Engine:
 
     def status(self) -> dict:
         with self._cond:
-            return {"queued": len(self._queue), "running": self._running, **self.stats}
+            waiting = sum(not job.cancelled.is_set() for job in self._queue)
+            return {"queued": waiting, "running": self._running, **self.stats}
 
     def wait_idle(self, timeout: float) -> bool:
         """True once nothing waits or runs (False after `timeout` seconds)."""
@@ -236,8 +239,7 @@ class Engine:
         """The head job and the waiting jobs that can join it (queue order kept); None to stop."""
         with self._cond:
             while True:
-                while self._queue and self._queue[0].cancelled.is_set():
-                    self._record(self._queue.popleft(), "cancelled", 0)
+                self._drop_cancelled()
                 if self._queue or self._stopping:
                     break
                 self._cond.wait()
@@ -255,6 +257,12 @@ class Engine:
             self._queue = rest
             self._running = len(batch)
             return batch
+
+    def _drop_cancelled(self) -> None:
+        """Forget the waiting jobs whose clients have left (the caller holds the lock)."""
+        for job in [j for j in self._queue if j.cancelled.is_set()]:
+            self._queue.remove(job)
+            self._record(job, "cancelled", 0)
 
     def _record(self, job: Job, status: str, batch: int) -> None:
         with self._cond:

@@ -2,8 +2,8 @@
 served in turn (--max_batch 1) against waiting requests batched through generate_text's
 left-padded batches (--max_batch N), in the same run.
 
-    flock /tmp/cpu.lock python bench/bench_serve.py                # ~2 minutes on 2 cores
-    flock /tmp/cpu.lock python bench/bench_serve.py --quick        # 8 clients, 1 round
+    flock /tmp/cpu.lock python bench/bench_serve.py            # about a minute on 2 cores
+    flock /tmp/cpu.lock python bench/bench_serve.py --quick    # 8 clients, 1 round
 
 Setup: a `tiny` model (random weights, vocabulary 32,000 so the head costs what a real one does)
 and a character tokenizer with chat tokens; the head rows of the special tokens are zeroed so that
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the markdown table here")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
+    started = time.perf_counter()
     clients = args.clients or (8 if args.quick else 32)
     rounds = args.rounds or (1 if args.quick else 3)
     conversations = messages_for(clients)
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(table)
     print(setup)
+    print(f"bench_serve.py took {time.perf_counter() - started:.0f}s", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(table + "\n\n" + setup + "\n", encoding="utf-8")
     return 0
