@@ -1,7 +1,7 @@
-"""serve.py: the official openai client against a live server (chat, stream, models, equality with
-generate_text), batching and queue order, every bad input (400 with an OpenAI error, then a good
-request), API keys, a full queue (429), a disconnect that stops generation, the CLI on an exported
-HuggingFace folder, and the chat page in headless Chromium.
+"""serve.py and serve_engine.py: the official openai client against a live server (chat, stream,
+models, equality with generate_text), batching and queue order, every bad input (400 with an OpenAI
+error, then a good request), API keys, a full queue (429), a disconnect that stops generation, the
+CLI on an exported HuggingFace folder, and the chat page in headless Chromium.
 
 Set SERVE_SCREENSHOT=docs/chat_page.png to write the page test's screenshot for the README.
 """
@@ -39,6 +39,7 @@ dev_package("fastapi")
 dev_package("uvicorn")
 
 import serve  # noqa: E402
+from serve_engine import Engine, Job, Sampling  # noqa: E402
 from common import UserError  # noqa: E402
 from export_hf import export_hf  # noqa: E402
 from generate import generate_text, load_checkpoint  # noqa: E402
@@ -82,10 +83,14 @@ def train_chat_model(tokenizer) -> TransformerLanguageModel:
 
 
 class GatedModel(TransformerLanguageModel):
-    """Every forward pass first waits for `gate` to be open: a test holds the worker mid-request."""
+    """Every forward pass first waits for `gate` to be open (a test holds the worker mid-request),
+    then raises if `fail` is set (a test breaks the model)."""
+    fail = False
 
     def forward(self, *args, **kwargs):
         assert self.gate.wait(60), "the test never opened the gate"
+        if self.fail:
+            raise RuntimeError("the model broke")
         return super().forward(*args, **kwargs)
 
 
@@ -128,7 +133,7 @@ def reference(chat_checkpoint):
 @pytest.fixture(scope="module")
 def chat_server(chat_checkpoint):
     model, tok = load_checkpoint(chat_checkpoint, "cpu")
-    engine = serve.Engine(model, tok)
+    engine = Engine(model, tok)
     app = serve.create_app(engine, serve.ModelInfo.of("tiny-chat", model, tok))
     with serve.serving(app) as url:
         yield SimpleNamespace(url=url, engine=engine, model=model, client=client_for(url))
@@ -140,7 +145,7 @@ def plain_server():
     """A model without chat tokens that never stops early; room for 2 waiting requests."""
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .", special_tokens_for(chat=False))
     model = endless_model(tok.vocab_size)
-    engine = serve.Engine(model, tok, max_queue=2)
+    engine = Engine(model, tok, max_queue=2)
     app = serve.create_app(engine, serve.ModelInfo.of("endless", model, tok))
     with serve.serving(app) as url:
         yield SimpleNamespace(url=url, engine=engine, model=model, tokenizer=tok)
@@ -279,13 +284,37 @@ def test_concurrent_streams_all_correct(chat_server, reference):
     assert replies == [reference.reply(user(p)) for p in prompts]
 
 
+def test_bpe_model_streams_whole_characters(tmp_path):
+    """A BPE tokenizer splits ✓ and 😀 over several tokens: every streamed piece is whole text and
+    the pieces join to the non-streamed reply, equal to generate_text."""
+    from tokenizer_bpe import BPETokenizer
+
+    tok = BPETokenizer().train(CHAT_DOCS * 3, vocab_size=300, special_tokens=special_tokens_for(chat=True),
+                               show_progress=False)
+    assert len(tok.encode("😀")) > 1
+    model = train_chat_model(tok)
+    engine = Engine(model, tok)
+    app = serve.create_app(engine, serve.ModelInfo.of("bpe-chat", model, tok))
+    expected = generate_text(model, tok, render_chat(user("bye"), add_generation_prompt=True), max_new_tokens=48,
+                             temperature=0, chat=True)
+    with serve.serving(app) as url:
+        client = client_for(url)
+        whole = client.chat.completions.create(model="bpe-chat", messages=user("bye"), **GREEDY)
+        chunks = client.chat.completions.create(model="bpe-chat", messages=user("bye"), stream=True, **GREEDY)
+        pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    engine.stop()
+    assert whole.choices[0].message.content == "".join(pieces) == expected == "see you ✓ 😀"
+    assert len(pieces) > 1  # a half character would have been a U+FFFD piece, and the join would differ
+    assert whole.usage.completion_tokens == len(tok.encode(expected))
+
+
 # ---------------------------------------------------------------------------- scheduling
 
 def test_engine_batches_waiting_requests_in_queue_order(chat_checkpoint, reference):
     """While job A runs, B..G queue up: the cancelled G is dropped, B, C, D (alike) run as one batch,
     the seeded sampling job E runs alone, then F; every reply equals a lone generate_text call."""
     model, tok = load_checkpoint(chat_checkpoint, "cpu")
-    engine = serve.Engine(model, tok, max_batch=3)
+    engine = Engine(model, tok, max_batch=3)
     a_running, release = threading.Event(), threading.Event()
     texts, finished = {}, []
 
@@ -300,10 +329,10 @@ def test_engine_batches_waiting_requests_in_queue_order(chat_checkpoint, referen
                 finished.append(name)
         return emit
 
-    greedy = serve.Sampling(max_tokens=48, temperature=0.0, top_p=1.0, stop=(), seed=None)
-    seeded = serve.Sampling(max_tokens=30, temperature=1.5, top_p=0.9, stop=(), seed=3)
+    greedy = Sampling(max_tokens=48, temperature=0.0, top_p=1.0, stop=(), seed=None)
+    seeded = Sampling(max_tokens=30, temperature=1.5, top_p=0.9, stop=(), seed=3)
     prompts = dict(zip("ABCDEFG", ["hi", "bye", "What is the capital of France?", "hi", "bye", "hi", "bye"]))
-    jobs = {n: serve.Job(render_chat(user(p), add_generation_prompt=True), True, seeded if n == "E" else greedy,
+    jobs = {n: Job(render_chat(user(p), add_generation_prompt=True), True, seeded if n == "E" else greedy,
                          emit=collector(n)) for n, p in prompts.items()}
     engine.submit(jobs["A"])
     assert a_running.wait(60)
@@ -347,9 +376,11 @@ BAD_CHAT = [  # (body, param, words in the message)
     ({"messages": user("hi"), "temperature": "hot"}, "temperature", "number"),
     ({"messages": user("hi"), "temperature": -0.1}, "temperature", "between 0"),
     ({"messages": user("hi"), "temperature": 2.5}, "temperature", "between 0"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "temperature", "between 0"),
     ({"messages": user("hi"), "top_p": 0}, "top_p", "(0"),
     ({"messages": user("hi"), "top_p": 1.5}, "top_p", "(0"),
     ({"messages": user("hi"), "n": 2}, "n", "n must be 1"),
+    ({"messages": user("hi"), "n": True}, "n", "n must be 1"),
     ({"messages": user("hi"), "stop": 5}, "stop", "string"),
     ({"messages": user("hi"), "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
     ({"messages": user("hi"), "seed": "x"}, "seed", "integer"),
@@ -412,7 +443,7 @@ def test_openai_client_sees_bad_request(chat_server):
 
 def test_api_key(chat_checkpoint):
     model, tok = load_checkpoint(chat_checkpoint, "cpu")
-    engine = serve.Engine(model, tok)
+    engine = Engine(model, tok)
     app = serve.create_app(engine, serve.ModelInfo.of("tiny-chat", model, tok), api_key="s3cret")
     with serve.serving(app) as url:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
@@ -476,6 +507,23 @@ def test_full_queue_answers_429(plain_server):
     assert engine.wait_idle(120)
     assert [(r["status"], r["batch"]) for r in list(engine.recent)[-4:]] == \
         [("cancelled", 0), ("cancelled", 0), ("completed", 1), ("completed", 1)]
+
+
+def test_a_failing_model_answers_500_and_the_server_goes_on(plain_server):
+    body = {"prompt": "ab", "max_tokens": 5, "temperature": 0}
+    plain_server.model.fail = True
+    try:
+        status, error = request(plain_server.url, "POST", "/v1/completions", body)
+        conn, resp = open_stream(plain_server.url, "/v1/completions", body)
+        events = resp.read().decode().split("\n\n")
+        conn.close()
+    finally:
+        plain_server.model.fail = False
+    assert_openai_error(status, error, 500, None, "generation failed: RuntimeError: the model broke")
+    assert error["error"]["type"] == "server_error"
+    assert json.loads(events[0][6:])["error"]["message"].endswith("the model broke") and events[1] == "data: [DONE]"
+    status, body = request(plain_server.url, "POST", "/v1/completions", body)
+    assert status == 200 and len(body["choices"][0]["text"]) == 5
 
 
 # ---------------------------------------------------------------------------- the CLI
