@@ -18,9 +18,10 @@ cd "$(dirname "$0")/.."
   echo "| tokenizing | \`bench/bench_tokenize.py\` | raw \`tokenizers\` \`encode_batch\` vs our pipeline (HF and tiktoken encoders) |"
   echo "| training | \`bench/bench_train.py\` | a minimal PyTorch loop vs the full trainer; chunked vs unchunked loss memory |"
   echo "| generation | \`bench/bench_generate.py\` | no-cache vs KV-cache, vs HF \`GPT2LMHeadModel.generate\` |"
+  echo "| serving | \`bench/bench_serve.py\` | 32 streaming clients served in turn vs batched |"
   echo "| soak | \`bench/soak_train.py\` | an uninterrupted run vs one SIGKILLed and resumed |"
   echo "| demo | \`make demo\` | the seed's results table |"
-  for f in model clean tokenize train generate soak demo; do
+  for f in model clean tokenize train generate serve soak demo; do
     if [ -f "bench/results/$f.md" ]; then
       echo
       # demote the results' own top-level headings under this page's
