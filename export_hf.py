@@ -10,7 +10,7 @@ special_tokens_map.json), so that
 
 work with no network, on transformers 4.34 and later (5.x included): the files use only keys that
 both read, and tokenizer.json keeps the merges notation of tokenizers < 0.20 (portable_tokenizer_json).
-The model is GPT-2 (DESIGN.md), so this is a renaming of tensors:
+Our model computes exactly what GPT-2 does, so this is a renaming of tensors:
 - HF GPT-2 stores c_attn / c_proj / c_fc as `Conv1D` with weights (in, out): ours are
   nn.Linear (out, in), so those are transposed.
 - The embedding/head padded to a multiple of 64 is trimmed back to the real vocab_size.
@@ -28,22 +28,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from common import ArgParser, UserError, atomic_dir, cli_main, first_line, resolve_checkpoint_dir
+from common import ArgParser, UserError, cli_main, resolve_checkpoint_dir
+from hf_common import check_replaceable, is_conv1d_key, write_folder_atomically
 from model import GPTConfig, TransformerLanguageModel, unwrap_model
 from tokenizer import CHAT_SPECIAL_TOKENS, EOT_TOKEN, load_tokenizer
 from tokenizer_bpe import portable_tokenizer_json
 
-# Our Linear weights that are Conv1D (transposed) in HF GPT-2.
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def is_conv1d_key(key: str) -> bool:
-    return key.startswith("transformer.h.") and key.endswith(CONV1D_SUFFIXES)
 
 
 # ---------------------------------------------------------------------------- weights and config
@@ -165,39 +160,6 @@ def tokenizer_files(tokenizer_file: str | os.PathLike, model_config: GPTConfig) 
 
 
 # ---------------------------------------------------------------------------- folders
-
-def check_replaceable(out_dir: Path, source: Path | None, flag: str = "--out_dir") -> None:
-    """An existing out_dir is replaced only when it looks like an earlier export/import (config.json,
-    no subfolders): a mistyped path never wipes a training run or a home folder."""
-    if source is not None and out_dir.resolve() == source.resolve():
-        raise UserError(f"{flag} {out_dir} is the input folder itself; pick a new folder")
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise UserError(f"{flag} {out_dir} exists and is a file; pick a folder path")
-    entries = list(out_dir.iterdir())
-    if entries and (not (out_dir / "config.json").is_file() or any(e.is_dir() for e in entries)):
-        raise UserError(f"{flag} {out_dir} exists and is not an earlier export (no config.json, or subfolders); "
-                        f"remove it or pick a new folder")
-
-
-def write_folder_atomically(out_dir: str | os.PathLike, files: dict[str, str | bytes],
-                            write_more: Callable[[Path], object] | None = None) -> Path:
-    """Build the folder as a temporary sibling, then rename it into place (replacing an old one)."""
-    out_dir = Path(out_dir)
-    try:
-        with atomic_dir(out_dir) as tmp:
-            for name, data in files.items():
-                (tmp / name).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-            if write_more is not None:
-                write_more(tmp)
-    except UserError:
-        raise
-    except Exception as err:  # a full disk, a path under a file, a safetensors I/O error ...
-        raise UserError(f"cannot write --out_dir {out_dir}: {first_line(err, 160)}; free disk space or choose another "
-                        f"--out_dir") from None
-    return out_dir
-
 
 def save_weights(state_dict: dict[str, torch.Tensor], folder: Path, safe_serialization: bool = True) -> str:
     """model.safetensors when the package is there (else pytorch_model.bin, with one line); returns the name."""

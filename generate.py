@@ -40,7 +40,8 @@ import torch.nn as nn
 
 from common import ArgParser, UserError, cli_main, cuda_has_native_bf16, pick_device, resolve_checkpoint_dir
 from cpu_decode import decode_layout
-from model import KVCache, TransformerLanguageModel, unwrap_model
+from import_hf import load_model
+from model import KVCache, unwrap_model
 
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 0  # DESIGN.md: <|endoftext|> is id 0 in every tokenizer
@@ -449,7 +450,7 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device | Non
                         f"(copy the tokenizer JSON there as tokenizer.json)")
     tokenizer = load_tokenizer(tok_path)
     dev = pick_device(None if device is None else str(device))
-    model = TransformerLanguageModel.from_pretrained(folder)  # bad JSON or mismatched weights: one-line UserError
+    model = load_model(folder)  # ours or HuggingFace GPT-2; bad JSON or mismatched weights: one-line UserError
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"{tok_path} has {tokenizer.vocab_size} tokens but the model in {folder} has "
                         f"vocab_size {model.config.vocab_size}: the tokenizer is not the one this model was "

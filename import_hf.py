@@ -6,9 +6,9 @@
 reads config.json and model.safetensors / pytorch_model.bin (or a sharded *.index.json), checks that
 the architecture really is GPT-2 (anything our model would compute differently is refused with
 one line naming the file and the value), and writes config.json + pytorch_model.bin (+ tokenizer.json)
-as `TransformerLanguageModel.save_pretrained` does. `TransformerLanguageModel.from_pretrained(hf_dir)`
-uses `load_hf_gpt2` directly. Pickled weights are read with weights_only=True: a .bin that would
-run code is refused. Needs no `transformers`.
+as `TransformerLanguageModel.save_pretrained` does. In Python, `load_model(path)` opens either kind
+of folder (ours or HuggingFace GPT-2) without converting it on disk. Pickled weights are read with
+weights_only=True: a .bin that would run code is refused. Needs no `transformers`.
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ from typing import Sequence
 
 import torch
 
-from common import ArgParser, UserError, cli_main, first_line, read_json
-from export_hf import check_replaceable, is_conv1d_key, write_folder_atomically
-from model import GPTConfig, TransformerLanguageModel
-from tokenizer_bpe import portable_tokenizer_json
+from common import ArgParser, UserError, cli_main, first_line, read_json, resolve_checkpoint_dir
+from hf_common import check_replaceable, is_conv1d_key, write_folder_atomically
+from model import CONFIG_NAME, GPTConfig, TransformerLanguageModel, is_hf_config, read_config_json
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all tanh-approximate GELU
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old transformers
@@ -144,11 +143,23 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], config: GPTConfig, source
     return sd
 
 
-def load_hf_gpt2(folder: str | os.PathLike) -> TransformerLanguageModel:
-    """Our model with the weights of an HF GPT-2 folder (used by TransformerLanguageModel.from_pretrained)."""
+def load_model(path: str | os.PathLike) -> TransformerLanguageModel:
+    """Our model from either kind of folder: our checkpoint (D/latest followed, as in
+    TransformerLanguageModel.from_pretrained) or a HuggingFace GPT-2 folder (converted in memory)."""
+    folder = resolve_checkpoint_dir(path)
+    if is_hf_config(read_config_json(folder)):
+        return _load_hf_gpt2(folder)
+    return TransformerLanguageModel.from_pretrained(folder)
+
+
+def _load_hf_gpt2(folder: str | os.PathLike) -> TransformerLanguageModel:
+    """Our model with the weights of a HuggingFace GPT-2 folder."""
     folder = Path(folder)
-    config_path = folder / "config.json"
+    config_path = folder / CONFIG_NAME
     cfg = read_json(config_path, "HF config")
+    if not is_hf_config(cfg):
+        raise UserError(f"{config_path} is not a HuggingFace config (no model_type or n_positions); our own "
+                        f"checkpoints need no import: pass the folder itself to --init_from or --checkpoint_dir")
     hf_sd = load_hf_weights(folder)
     config = gpt_config_from_hf(cfg, str(config_path), has_lm_head="lm_head.weight" in hf_sd)
     sd = from_hf_state_dict(hf_sd, config, str(folder))
@@ -172,6 +183,8 @@ def hf_tokenizer_json(folder: Path) -> str | None:
         return None
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+    from tokenizer_bpe import portable_tokenizer_json
+
     tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -187,7 +200,7 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     if not hf_dir.is_dir():
         raise UserError(f"--hf_dir {hf_dir} is not a folder; pass a folder holding config.json and the weights")
     check_replaceable(out_dir, hf_dir)
-    model = load_hf_gpt2(hf_dir)
+    model = _load_hf_gpt2(hf_dir)
     tok_json = hf_tokenizer_json(hf_dir)
     files = {}
     if tok_json is not None:

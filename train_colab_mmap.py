@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, first_line, pick_device, read_json,
                     resolve_checkpoint_dir, sha256_file)
+from import_hf import load_model
 from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
 from tokenizer import load_tokenizer
 from train_data import (BatchStream, TokenSource, assistant_mask_for, check_token_files, choose_data_mode, eval_windows,
@@ -245,7 +246,7 @@ def init_block_size(args: argparse.Namespace, vocab: int) -> int:
 def init_from_weights(args: argparse.Namespace, vocab: int, say) -> tuple[GPTConfig, dict]:
     """--init_from (our checkpoint or a HuggingFace GPT-2 folder): config and weights, the
     position table cropped to --block_size."""
-    src = TransformerLanguageModel.from_pretrained(args.init_from)
+    src = load_model(args.init_from)
     c = src.config
     if c.vocab_size != vocab:
         raise UserError(f"--init_from {args.init_from} has vocab_size {c.vocab_size} but --tokenizer_file has "

@@ -14,13 +14,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import TransformerLanguageModel, get_config  # noqa: E402
+from model import TransformerLanguageModel, get_config, reference_attention  # noqa: E402
 
 
-def set_attention(model: torch.nn.Module, sdpa: bool) -> None:
-    for m in model.modules():
-        if hasattr(m, "use_sdpa"):
-            m.use_sdpa = sdpa
+def set_attention(model: TransformerLanguageModel, sdpa: bool) -> None:
+    """SDPA (the default) or the explicit softmax attention in every layer."""
+    for block in model.transformer.h:
+        block.attn.attention = torch.nn.functional.scaled_dot_product_attention if sdpa else reference_attention
 
 
 def tokens_per_second(model, step_fn, batch: int, block: int, vocab: int, steps: int, warmup: int) -> float:

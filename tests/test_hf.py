@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))
 
 from common import UserError  # noqa: E402
 from export_hf import export_hf  # noqa: E402
-from import_hf import import_hf, load_hf_gpt2  # noqa: E402
+from import_hf import import_hf, load_model  # noqa: E402
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
 from tokenizer_bpe import BPETokenizer, portable_tokenizer_json, render_chat  # noqa: E402
@@ -173,11 +173,18 @@ def test_import_of_export_reproduces_state_dict(tok_file, tmp_path, tie):
             assert torch.equal(a[key], b[key]), key
     if tie:
         assert back.lm_head.weight is back.transformer.wte.weight
-    # from_pretrained also reads the HF folder directly
-    direct = TransformerLanguageModel.from_pretrained(hf_dir)
+    # load_model also reads the HF folder directly; from_pretrained is for our folders only and says so
+    direct = load_model(hf_dir)
+    (tmp_path / "latest").write_text("ckpt\n")  # and our folders, following D/latest as from_pretrained does
+    via_latest = load_model(tmp_path)
+    with pytest.raises(UserError) as e:
+        TransformerLanguageModel.from_pretrained(hf_dir)
+    assert "HuggingFace GPT-2 folder" in str(e.value) and "import_hf.load_model" in str(e.value)
+    assert "\n" not in str(e.value)
     idx = torch.randint(0, V, (2, 16))
     with torch.no_grad():
         assert torch.equal(direct.eval()(idx)[0], back.eval()(idx)[0])
+        assert torch.equal(via_latest.eval()(idx)[0], back(idx)[0])
         assert torch.allclose(model(idx)[0], back(idx)[0], atol=0, rtol=0)
 
 
@@ -218,7 +225,7 @@ def test_import_transformers_own_files(tmp_path, capsys):
         expected = hf(idx).logits
         for folder in (tmp_path / "saved", hub, copied, *strays):
             capsys.readouterr()
-            ours = load_hf_gpt2(folder).eval()
+            ours = load_model(folder).eval()
             assert ours.config.tie_embeddings and ours.config.vocab_size == 99 and ours.config.block_size == 24
             assert (ours(idx)[0] - expected).abs().max().item() <= 1e-5
             noted = "lm_head.weight differs from wte.weight" in capsys.readouterr().err
@@ -254,7 +261,7 @@ def test_import_sharded_and_bin(tok_file, tmp_path):
     with torch.no_grad():
         expected = model(idx)[0]
         for folder in (sharded, bin_dir):
-            assert torch.equal(load_hf_gpt2(folder).eval()(idx)[0], expected)
+            assert torch.equal(load_model(folder).eval()(idx)[0], expected)
 
 
 def test_import_builds_tokenizer_from_vocab_and_merges(tok_file, tmp_path):
@@ -312,7 +319,7 @@ def test_refuses_non_gpt2(tok_file, tmp_path, key, value, words):
     cfg[key] = value
     (hf_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError) as e:
-        TransformerLanguageModel.from_pretrained(hf_dir)
+        load_model(hf_dir)
     msg = str(e.value)
     assert str(hf_dir / "config.json") in msg and f"{key}={value!r}" in msg and words in msg
     assert "\n" not in msg
@@ -327,7 +334,7 @@ def test_refuses_bad_weights(tok_file, tmp_path):
     cfg = json.loads((hf_dir / "config.json").read_text())
     (hf_dir / "config.json").write_text(json.dumps({**cfg, "vocab_size": V + 5}))
     with pytest.raises(UserError, match="vocab_size"):
-        load_hf_gpt2(hf_dir)
+        load_model(hf_dir)
     (hf_dir / "config.json").write_text(json.dumps(cfg))
     (hf_dir / "model.safetensors").unlink()
 
@@ -336,7 +343,7 @@ def test_refuses_bad_weights(tok_file, tmp_path):
             return (print, ("pwned",))
     torch.save({"x": Evil()}, hf_dir / "pytorch_model.bin")
     with pytest.raises(UserError, match="weights_only=True"):
-        load_hf_gpt2(hf_dir)
+        load_model(hf_dir)
 
 
 # ---------------------------------------------------------------------------- char tokenizer
@@ -379,7 +386,7 @@ def test_cli_export_import_roundtrip(tok_file, tmp_path):
     with torch.no_grad():
         expected = model(idx)[0]
         for folder in (tmp_path / "hf", tmp_path / "ckpt"):
-            assert torch.equal(TransformerLanguageModel.from_pretrained(folder).eval()(idx)[0], expected)
+            assert torch.equal(load_model(folder).eval()(idx)[0], expected)
 
     # a non-empty folder that is not an earlier export is never replaced
     keep = tmp_path / "precious"

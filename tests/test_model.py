@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common import UserError
-from model import (MODEL_CONFIGS, GPTConfig, KVCache, TransformerLanguageModel, chunked_cross_entropy,
+from model import (IGNORE_INDEX, MODEL_CONFIGS, GPTConfig, KVCache, TransformerLanguageModel, chunked_cross_entropy,
                    get_config, reference_attention, unwrap_model)
 
 
@@ -20,21 +21,53 @@ def tiny_model(vocab=101, seed=0, **kw) -> TransformerLanguageModel:
 def test_sdpa_equals_reference_attention():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 33, 16) for _ in range(3))
-    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    ref = reference_attention(q, k, v, is_causal=True)
-    assert (sdpa - ref).abs().max().item() <= 1e-5
+    sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert (sdpa - reference_attention(q, k, v, is_causal=True)).abs().max().item() <= 1e-5
+    # a boolean mask per row (as with left padding), 5 queries over 33 keys (as when decoding)
+    mask = (torch.rand(2, 1, 5, 33) > 0.5) | (torch.arange(33) == 32)  # every query sees at least one key
+    q5 = q[:, :, -5:]
+    sdpa = F.scaled_dot_product_attention(q5, k, v, attn_mask=mask)
+    assert (sdpa - reference_attention(q5, k, v, attn_mask=mask)).abs().max().item() <= 1e-5
+
+
+def use_reference_attention(model: TransformerLanguageModel) -> list[tuple]:
+    """Put reference_attention in every layer, through a spy that records (queries, keys, mask
+    dims or None, is_causal) of each call: a test can check the switch really took effect."""
+    calls = []
+
+    def spy(q, k, v, **kwargs):
+        mask = kwargs["attn_mask"]
+        calls.append((q.size(2), k.size(2), None if mask is None else mask.dim(), kwargs["is_causal"]))
+        return reference_attention(q, k, v, **kwargs)
+
+    for block in model.transformer.h:
+        block.attn.attention = spy
+    return calls
 
 
 def test_model_with_reference_attention_matches_sdpa():
+    """Every mask the model builds, through SDPA and through the explicit reference: causal, a
+    left-padded batch in the KV cache (per-row masks), and fewer queries than keys (decoding)."""
     model = tiny_model()
     idx = torch.randint(0, 101, (3, 50))
+
+    def outputs() -> list[torch.Tensor]:
+        padded, plain = KVCache(model.config, 3, pad_lens=[7, 0, 3]), KVCache(model.config, 3)
+        return [model(idx)[0],
+                model(idx[:, :30], kv_cache=padded)[0], model(idx[:, 30:40], kv_cache=padded)[0],
+                model(idx[:, 40:41], kv_cache=padded)[0],
+                model(idx[:, :20], kv_cache=plain)[0], model(idx[:, 20:30], kv_cache=plain)[0],
+                model(idx[:, 30:31], kv_cache=plain)[0]]
+
     with torch.no_grad():
-        fast, _ = model(idx)
-        for m in model.modules():
-            if hasattr(m, "use_sdpa"):
-                m.use_sdpa = False
-        slow, _ = model(idx)
-    assert (fast - slow).abs().max().item() <= 1e-5
+        fast = outputs()
+        calls = use_reference_attention(model)
+        slow = outputs()
+    assert len(calls) == 7 * model.config.n_layer  # every layer of every forward ran the reference
+    assert set(calls) == {(50, 50, None, True), (30, 30, 4, False), (10, 40, 4, False), (1, 41, 4, False),
+                          (20, 20, None, True), (10, 30, 2, False), (1, 31, None, False)}
+    for a, b in zip(fast, slow, strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
 
 
 def test_causality():
@@ -220,13 +253,14 @@ def test_code_running_pickle_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_loss_ignores_minus_100_and_chunked_loss_matches():
+def test_loss_ignores_ignore_index_and_chunked_loss_matches():
+    assert IGNORE_INDEX == -100  # F.cross_entropy's default, as HF labels use it
     model = tiny_model()
     idx = torch.randint(0, 101, (2, 24))
     targets = torch.randint(0, 101, (2, 24))
-    targets[0, :10] = -100
+    targets[0, :10] = IGNORE_INDEX
     logits, loss = model(idx, targets)
-    keep = targets != -100
+    keep = targets != IGNORE_INDEX
     manual = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
     assert abs(loss.item() - manual.item()) < 1e-6
     _, chunked = model(idx, targets, loss_chunk_size=7)
@@ -239,7 +273,7 @@ def test_loss_ignores_minus_100_and_chunked_loss_matches():
 
 def test_chunked_cross_entropy_all_ignored_is_zero():
     h = torch.randn(4, 8, requires_grad=True)
-    loss = chunked_cross_entropy(h, torch.randn(16, 8), torch.full((4,), -100), 10, 3)
+    loss = chunked_cross_entropy(h, torch.randn(16, 8), torch.full((4,), IGNORE_INDEX), 10, 3)
     assert loss.item() == 0.0
 
 
