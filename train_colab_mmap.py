@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, first_line, pick_device, read_json,
+from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, first_line, pick_device,
                     resolve_checkpoint_dir, sha256_file)
 from import_hf import load_model
-from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config
+from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config, read_config_json
 from tokenizer import load_tokenizer
 from train_data import (BatchStream, TokenSource, assistant_mask_for, check_token_files, choose_data_mode, eval_windows,
                         num_windows, plan_splits, split_bytes)
@@ -203,7 +203,7 @@ def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None
             if k in saved and saved[k] != getattr(args, k):
                 raise UserError(f"{folder} was trained with --{k} {saved[k]}, this run asks for {getattr(args, k)}: "
                                 f"pass the same model flags, another --checkpoint_dir, or --resume never")
-        cfg = GPTConfig.from_dict(read_json(folder / "config.json", "model config"), str(folder / "config.json"))
+        cfg = GPTConfig.from_dict(read_config_json(folder), str(folder / "config.json"))
         if cfg.vocab_size != vocab:
             raise UserError(f"{folder} has vocab_size {cfg.vocab_size} but --tokenizer_file has {vocab} tokens")
         if sha256_file(folder / "tokenizer.json") != sha256_file(args.tokenizer_file):
@@ -236,7 +236,7 @@ def choose_optimizer(requested: str | None, resume: Checkpoint | None, say) -> s
 
 def init_block_size(args: argparse.Namespace, vocab: int) -> int:
     """--init_from's context length, from its config.json alone (ours: block_size; HF: n_positions)."""
-    raw = read_json(resolve_checkpoint_dir(args.init_from) / "config.json", "--init_from config")
+    raw = read_config_json(resolve_checkpoint_dir(args.init_from))
     if raw.get("vocab_size", vocab) != vocab:
         raise UserError(f"--init_from {args.init_from} has vocab_size {raw['vocab_size']} but --tokenizer_file has "
                         f"{vocab} tokens; fine-tune with the tokenizer it was trained with")

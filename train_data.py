@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from common import UserError, read_json, sha256_file
+from model import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 # Kinds in the assistant mask's lookup table: which special token was seen last.
 NOT_SPECIAL, ASSISTANT, OTHER_SPECIAL = 0, 1, 2

@@ -3,6 +3,7 @@ token-file checks, checkpoint verification, fallback and pruning; the trainer's 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -232,7 +233,7 @@ def test_bf16_probe_is_quick_and_measures_a_ratio():
     config = GPTConfig(vocab_size=512, n_layer=1, n_head=4, n_embd=128, block_size=64)
     t0 = time.perf_counter()
     speedup = probe_bf16_speedup(config, rows=4096)
-    assert 0.05 < speedup < 20 and time.perf_counter() - t0 < 5  # ~0.1 s alone; 5 s holds at 5x slower
+    assert math.isfinite(speedup) and speedup > 0 and time.perf_counter() - t0 < 5  # ~0.1 s alone
     cpu = torch.device("cpu")
     assert peak_flops(cpu) is None
     assert is_oom(torch.OutOfMemoryError("CUDA out of memory")) and not is_oom(RuntimeError("shape"))
