@@ -393,7 +393,7 @@ def evaluate(paths: Paths, scale: Scale, steps: list[Step], upstream: str, force
     snippet = [generate_text(model, tok, prompt, max_new_tokens=scale.max_new_tokens, temperature=0)
                for prompt, _ in seed_prompts()]
     seed_steps = [s for s in steps if s.capture]
-    agree = all(a == s.stdout for a, s in zip(snippet, seed_steps))
+    agree = same_answers(snippet, [s.stdout for s in seed_steps])
     state = read_json(folder / "trainer_state.json", "trainer state")
     config = read_json(folder / "config.json", "model config")
     meta = read_json(paths.metadata, "token metadata")
@@ -426,6 +426,12 @@ def evaluate(paths: Paths, scale: Scale, steps: list[Step], upstream: str, force
     say(f"  {len(items)} held-out questions answered in {results['eval_seconds']:.0f} s; "
         f"made {show_path(paths.results_json)}")
     return results
+
+
+def same_answers(snippet: Sequence[str], generate_py: Sequence[str]) -> bool:
+    """Whether the seed's snippet and generate.py gave the same text for every seed prompt. False on
+    nothing to compare, or on lists of different lengths: a missing answer is no agreement."""
+    return len(snippet) == len(generate_py) > 0 and all(a == b for a, b in zip(snippet, generate_py))
 
 
 def seed_keys() -> list[str]:
