@@ -132,7 +132,7 @@ def test_truncated_json_array_keeps_prefix_and_counts(tmp_path):
 
 # ---------------------------------------------------------------------------- chat and trust boundary
 
-def test_render_chat_matches_design_and_tokenizer_bpe():
+def test_render_chat_is_the_tokenizer_bpe_chat_format():
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     assert render_chat(msgs) == "<|user|>Hi\n<|assistant|>Hello\n<|endoftext|>"
     assert render_chat(msgs[:1], add_generation_prompt=True) == "<|user|>Hi\n<|assistant|>"
