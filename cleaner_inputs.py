@@ -1,15 +1,9 @@
 """How dataset_cleaner.py reads its inputs: which files they are, and the work items each becomes.
 
-expand_inputs turns the --input arguments (files, directories, globs) into a list of files. FileReader
-reads one file (gzipped or not, detected by its magic bytes; JSON array, JSONL or text) into work items
-for the cleaner's workers, in file order:
-  ("lines", path, data, first line, offset, jsonl, gz)  about block_bytes of raw whole lines (JSONL, and
-      text with one document per line), split into units in the worker by block_units;
-  ("units", path, [(kind, payload, line), ...], replaced bytes)  JSON array elements ("obj", or "bad" for
-      a broken one) and multi-line text documents ("text"), which the parent splits because that needs
-      the file read in order.
-A unit is ("json" | "text" | "obj" | "bad", payload, line number). Undecodable bytes become U+FFFD and
-are counted, with the byte offsets of the first few (--strict: a UserError naming the offset).
+expand_inputs turns --input (files, directories, globs) into a list of files. FileReader reads one
+file (gzip found by its magic bytes; JSON array, JSONL or text) into work items, in file order: a
+LineBlock of raw lines that a worker splits into Units itself, or a UnitBatch that the parent split
+because splitting needs the file read in order. Undecodable bytes become U+FFFD and are counted.
 """
 from __future__ import annotations
 
@@ -21,8 +15,9 @@ import json
 import os
 import re
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from common import UserError
 from text_cleaning import CleanOptions
@@ -32,6 +27,51 @@ if TYPE_CHECKING:
     from dataset_cleaner import CleanStats
 
 INPUT_SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".ndjson", ".json")
+
+
+# ---------------------------------------------------------------------------- work items
+
+class Unit(NamedTuple):
+    """One record or document on its way to the cleaner."""
+    kind: str  # "json" (a JSONL line), "text" (a document), "obj" (a parsed JSON array element), "bad"
+    payload: Any  # the line or document; the parsed element; None for a "bad" (broken) element
+    line: int  # where it starts in its file, for messages
+
+
+@dataclass
+class ReplacedBytes:
+    """Undecodable bytes that became U+FFFD: how many, and the byte offsets of the first few."""
+    count: int = 0
+    offsets: list[int] = field(default_factory=list)
+
+    def add(self, count: int, offset: int) -> None:
+        self.count += count
+        if len(self.offsets) < 5:
+            self.offsets.append(offset)
+
+
+@dataclass
+class LineBlock:
+    """About block_bytes of whole lines (JSONL, or text with one document per line), still bytes:
+    decoding and splitting happen in the worker (block_units)."""
+    path: str
+    data: bytes
+    first_line: int
+    offset: int  # byte offset of data in the (decompressed) file, for messages
+    jsonl: bool  # JSON lines, else text lines
+    gz: bool  # the file is gzipped (messages say "of the decompressed data")
+
+
+@dataclass
+class UnitBatch:
+    """Units the parent split: JSON array elements, multi-line text documents."""
+    path: str
+    units: list[Unit]
+    # met while reading these units: they travel with them, so the stats keep input order for any --workers
+    replaced: ReplacedBytes
+
+
+WorkItem = LineBlock | UnitBatch
 
 
 # ---------------------------------------------------------------------------- finding the files
@@ -96,8 +136,8 @@ def _count_and_replace(e: UnicodeError) -> tuple[str, int]:
 codecs.register_error("cleaner_inputs.count", _count_and_replace)
 
 
-def _decode_counting(b: bytes, path: str, offset: int, gz: bool, strict: bool, res: dict) -> str:
-    """UTF-8 decode; undecodable bytes become U+FFFD and are counted in res (or fail with --strict)."""
+def _decode_counting(b: bytes, path: str, offset: int, gz: bool, strict: bool, replaced: ReplacedBytes) -> str:
+    """UTF-8 decode; undecodable bytes become U+FFFD and are counted in `replaced` (--strict: fail)."""
     try:
         return b.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -107,9 +147,7 @@ def _decode_counting(b: bytes, path: str, offset: int, gz: bool, strict: bool, r
                             f"replace undecodable bytes with U+FFFD") from None
         _replaced_count[0] = 0
         text = b.decode("utf-8", "cleaner_inputs.count")
-        res["replaced"] += _replaced_count[0]
-        if len(res["replaced_at"]) < 5:
-            res["replaced_at"].append(offset + e.start)
+        replaced.add(_replaced_count[0], offset + e.start)
         return text
 
 
@@ -130,8 +168,8 @@ _JSON_SPACE_RE = re.compile(r"[ \t\r\n]*")
 
 class _JsonArrayScanner:
     """Incremental parse of `[record, record, ...]` from decoded text pieces, so a huge (even
-    single-line) array never sits in memory whole. Yields ("obj", record, line); a broken element
-    yields ("bad", None, line) and ends the scan."""
+    single-line) array never sits in memory whole. Yields Unit("obj", record, line); a broken
+    element yields Unit("bad", None, line) and ends the scan."""
 
     def __init__(self, pieces: Iterator[str]) -> None:
         self.pieces, self.buf, self.pos, self.line, self.eof = pieces, "", 0, 1, False
@@ -173,32 +211,34 @@ class _JsonArrayScanner:
             while len(self.buf) - self.pos < want and self._fill():
                 pass
 
-    def __iter__(self) -> Iterator[tuple[str, Any, int]]:
+    def __iter__(self) -> Iterator[Unit]:
         self._peek()
         self._advance(self.pos + 1)  # the "[" the format check saw
         first = True
         while (c := self._peek()) != "]":
             if not first:
                 if c != ",":
-                    yield "bad", None, self.line
+                    yield Unit("bad", None, self.line)
                     return
                 self._advance(self.pos + 1)
                 self._peek()
             first = False
             decoded = self._decode_value()
             if decoded is None:
-                yield "bad", None, self.line
+                yield Unit("bad", None, self.line)
                 return
-            yield "obj", decoded[0], self.line
+            yield Unit("obj", decoded[0], self.line)
             self._advance(decoded[1])
 
 
 class FileReader:
-    """One input file -> work items (see above), in file order. Reading adds to stats.bytes_in and
+    """One input file -> work items, in file order. Reading adds to stats.bytes_in and
     stats.bytes_in_on_disk and moves the progress bar (bytes on disk)."""
 
-    def __init__(self, path: Path, options: CleanOptions, stats: CleanStats, pbar: Any, block_bytes: int) -> None:
-        self.path, self.o, self.stats, self.pbar, self.block_bytes = path, options, stats, pbar, block_bytes
+    def __init__(self, path: Path, options: CleanOptions, stats: CleanStats, progress_bar: Any,
+                 block_bytes: int) -> None:
+        self.path, self.options, self.stats, self.progress_bar = path, options, stats, progress_bar
+        self.block_bytes = block_bytes
         with open(path, "rb") as f:
             self.gz = f.read(2) == b"\x1f\x8b"
         try:
@@ -213,8 +253,8 @@ class FileReader:
         first = head.removeprefix(codecs.BOM_UTF8).lstrip()[:1]
         self.fmt = "array" if name.endswith(".json") and first == b"[" else \
             "jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "txt"
-        self.on_disk = 0
-        self.res = {"replaced": 0, "replaced_at": []}  # bytes this process decodes itself
+        self.on_disk = 0  # raw bytes read so far
+        self.replaced = ReplacedBytes()  # in what this process decodes itself, since the last UnitBatch
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[tuple[Any, Any]]:
@@ -226,46 +266,44 @@ class FileReader:
             with gzip.GzipFile(fileobj=raw) as stream:
                 yield raw, stream
 
-    def _tick(self, raw: Any) -> None:
+    def _count_progress(self, raw: Any) -> None:
         pos = raw.tell()
-        if self.pbar is not None:
-            self.pbar.update(pos - self.on_disk)
+        if self.progress_bar is not None:
+            self.progress_bar.update(pos - self.on_disk)
         self.stats.bytes_in_on_disk += pos - self.on_disk
         self.on_disk = pos
 
-    def items(self) -> Iterator[tuple]:
+    def items(self) -> Iterator[WorkItem]:
         try:
             with self._open() as (raw, stream):
                 if self.fmt == "array":
-                    yield from self._grouped(_JsonArrayScanner(self._pieces(raw, stream)))
-                elif self.fmt == "jsonl" or self.o.txt_docs == "line":
-                    yield from self._blocks(raw, stream)
+                    yield from self._batches(_JsonArrayScanner(self._decoded_pieces(raw, stream)))
+                elif self.fmt == "jsonl" or self.options.txt_docs == "line":
+                    yield from self._line_blocks(raw, stream)
                 else:
-                    yield from self._grouped(self._text_units(self._pieces(raw, stream)))
-                self._tick(raw)
+                    yield from self._batches(self._text_units(self._decoded_pieces(raw, stream)))
+                self._count_progress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise UserError(f"{self.path}: corrupt or truncated data ({e}); re-create or re-download it") from None
 
-    def _grouped(self, units: Iterable[tuple]) -> Iterator[tuple]:
-        """Units in ~block_bytes work items, each with the undecodable bytes met while reading it (they
-        travel with the item, so the stats come out in input order whatever the number of workers)."""
+    def _batches(self, units: Iterable[Unit]) -> Iterator[UnitBatch]:
+        """Units in batches of about block_bytes."""
         batch, size = [], 0
         for unit in units:
             batch.append(unit)
-            size += len(unit[1]) if isinstance(unit[1], str) else 256
+            size += len(unit.payload) if isinstance(unit.payload, str) else 256  # a parsed element: a guess
             if size >= self.block_bytes:
-                yield "units", str(self.path), batch, self._take_replaced()
+                yield UnitBatch(str(self.path), batch, self._take_replaced())
                 batch, size = [], 0
         replaced = self._take_replaced()
-        if batch or replaced[0]:
-            yield "units", str(self.path), batch, replaced
+        if batch or replaced.count:
+            yield UnitBatch(str(self.path), batch, replaced)
 
-    def _take_replaced(self) -> tuple[int, list[int]]:
-        taken = self.res["replaced"], self.res["replaced_at"]
-        self.res = {"replaced": 0, "replaced_at": []}
+    def _take_replaced(self) -> ReplacedBytes:
+        taken, self.replaced = self.replaced, ReplacedBytes()
         return taken
 
-    def _blocks(self, raw: Any, stream: Any) -> Iterator[tuple]:
+    def _line_blocks(self, raw: Any, stream: Any) -> Iterator[LineBlock]:
         """About block_bytes of whole lines per item, left undecoded for the workers."""
         line, offset = 1, 0
         while data := stream.read(self.block_bytes):
@@ -273,67 +311,67 @@ class FileReader:
                 data += stream.readline()
             if offset == 0 and data.startswith(codecs.BOM_UTF8):
                 data, offset = data[3:], 3
-            self._tick(raw)
+            self._count_progress(raw)
             self.stats.bytes_in += len(data)
-            yield "lines", str(self.path), data, line, offset, self.fmt == "jsonl", self.gz
+            yield LineBlock(str(self.path), data, line, offset, self.fmt == "jsonl", self.gz)
             line += data.count(b"\n")
             offset += len(data)
 
-    def _pieces(self, raw: Any, stream: Any) -> Iterator[str]:
+    def _decoded_pieces(self, raw: Any, stream: Any) -> Iterator[str]:
         """Decoded lines (a long line in ~1 MB pieces, never splitting a UTF-8 character)."""
         carry, offset = b"", 0
         while b := stream.readline(1 << 20):
             b, carry = (carry + b, b"") if b.endswith(b"\n") else _split_incomplete_utf8(carry + b)
             if offset == 0 and b.startswith(codecs.BOM_UTF8):
                 b, offset = b[3:], 3
-            if offset % (1 << 22) < len(b):
-                self._tick(raw)
+            if offset % (1 << 22) < len(b):  # every 4 MB or so
+                self._count_progress(raw)
             self.stats.bytes_in += len(b)
-            yield _decode_counting(b, str(self.path), offset, self.gz, self.o.strict, self.res)
+            yield _decode_counting(b, str(self.path), offset, self.gz, self.options.strict, self.replaced)
             offset += len(b)
         if carry:
-            yield _decode_counting(carry, str(self.path), offset, self.gz, self.o.strict, self.res)
+            yield _decode_counting(carry, str(self.path), offset, self.gz, self.options.strict, self.replaced)
 
-    def _text_units(self, pieces: Iterator[str]) -> Iterator[tuple]:
+    def _text_units(self, pieces: Iterator[str]) -> Iterator[Unit]:
         """Documents separated by blank lines, by <|endoftext|>, or one per file."""
-        mode, buf, start, n = self.o.txt_docs, [], 1, 1
-        for t in pieces:
-            if mode == "blank" and not t.strip():
+        mode, buf, start, line = self.options.txt_docs, [], 1, 1  # buf: the pieces of the current document
+        for piece in pieces:
+            if mode == "blank" and not piece.strip():
                 if buf:
-                    yield "text", "".join(buf), start
+                    yield Unit("text", "".join(buf), start)
                 buf = []
-            elif mode == "eot" and EOT in t:
-                *docs, t = t.split(EOT)
-                for d in docs:
-                    doc, buf = "".join(buf) + d, []
+            elif mode == "eot" and EOT in piece:
+                *ends, piece = piece.split(EOT)  # ends: the tails of the documents the separators close
+                for end in ends:
+                    doc, buf = "".join(buf) + end, []
                     if doc.strip():
-                        yield "text", doc, start
-                    start = n
-                buf.append(t)
+                        yield Unit("text", doc, start)
+                    start = line
+                buf.append(piece)
             else:
                 if not buf:
-                    start = n
-                buf.append(t)
-            n += t.endswith("\n")
+                    start = line
+                buf.append(piece)
+            line += piece.endswith("\n")
         if buf and "".join(buf).strip():
-            yield "text", "".join(buf), start
+            yield Unit("text", "".join(buf), start)
 
 
 # ---------------------------------------------------------------------------- in the worker
 
-def block_units(item: tuple, o: CleanOptions, res: dict) -> Iterator[tuple[str, str, int]]:
-    """A block of whole lines (raw bytes) -> ("json" | "text", line, line number) units."""
-    _, path, data, first_line, offset, jsonl, gz = item
+def block_units(block: LineBlock, options: CleanOptions, replaced: ReplacedBytes) -> Iterator[Unit]:
+    """A block of whole lines (raw bytes) -> a "json" or "text" unit per non-blank line."""
     try:
-        lines = data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        lines, pos = [], offset
-        for b in data.split(b"\n"):
-            lines.append(_decode_counting(b, path, pos, gz, o.strict, res))
+        lines = block.data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:  # decode line by line, to count and place each bad byte
+        lines, pos = [], block.offset
+        for b in block.data.split(b"\n"):
+            lines.append(_decode_counting(b, block.path, pos, block.gz, options.strict, replaced))
             pos += len(b) + 1
     if lines and not lines[-1]:
         lines.pop()
-    for i, t in enumerate(lines):
-        if t.strip():
-            yield ("json", t, first_line + i) if jsonl else ("text", t.rstrip("\r"), first_line + i)
+    for i, text in enumerate(lines):
+        if text.strip():
+            yield Unit("json", text, block.first_line + i) if block.jsonl else \
+                Unit("text", text.rstrip("\r"), block.first_line + i)
 

@@ -2,38 +2,22 @@
 
     python dataset_cleaner.py --input raw/ extra.jsonl.gz --output data/clean.txt --workers 2
 
-Inputs (files, directories, globs; each may be gzipped, detected by its magic bytes):
-  .txt (any other name too)  one document per line; --txt_docs blank|eot|file for documents separated
-                             by blank lines, by <|endoftext|>, or one per file
-  .jsonl / .ndjson           one record per line; a .json file starting with "[" is a JSON array of
-                             records (parsed incrementally), any other .json is read as JSONL
-Records: {"messages": [{"role", "content"}]}, {"conversations": [{"from", "value"}]} (from human/user,
-gpt/assistant/bot/model, system), {"instruction", "input", "output"} (also "context"/"response"),
-or a text field (--text_field NAME; by default "text", then "content"), or a bare JSON string.
-Messages with other roles (tool, function) are skipped and counted. A conversation is one document,
-rendered by tokenizer_bpe.render_chat (DESIGN.md's one chat template) after its content is cleaned
-and neutralised. An instruction record is the user turn `instruction + "\\n\\n" + input` (just
-`instruction` when the input is empty) and the assistant turn `output`.
-Each document is cleaned, checked by the quality filters (--quality_filters auto|on|off) and
-deduplicated (exact; MinHash with --near_dedup) as text_cleaning.py documents. Dedup runs in the
-parent, in input order, after filtering, so the first copy is kept whatever --workers is.
+Inputs: files, directories and globs, each optionally gzipped. A text file holds one document per
+line (--txt_docs blank|eot|file: separated by blank lines, by <|endoftext|>, or one per file); a
+.jsonl, .ndjson or .json file one record per line, or a JSON array of records (read incrementally).
+A record is {"messages": [{"role", "content"}]}, {"conversations": [{"from", "value"}]},
+{"instruction", "input", "output"}, a text field (--text_field; default "text", then "content") or
+a bare JSON string. A conversation becomes one document in tokenizer_bpe.render_chat's format;
+messages of other roles (tool, function) are skipped and counted.
 
-Output (--format txt|jsonl, default from the --output extension; a .gz output is gzipped):
-  txt    each document followed by <|endoftext|> and nothing else: "doc1<|endoftext|>doc2<|endoftext|>".
-         No newline is added after the separator, so a tokenizer that encodes this text as it is
-         decodes back to these bytes exactly.
-  jsonl  {"text": document} per line, without the separator.
-
-Bad input: undecodable bytes become U+FFFD and are counted (--strict: fail naming file and byte
-offset); malformed JSON lines are skipped, counted and their first line numbers shown (--strict:
-fail); missing, empty or binary inputs, or an output that is also an input, are one-line errors.
-Work split: the parent reads 1 MB blocks of whole lines (cleaner_inputs.py; JSON arrays and multi-line
-text documents are split into records by the parent); --workers processes decode, parse, clean, hash
-and encode them; the parent deduplicates in input order and writes, so the output is byte-identical
-for any --workers. At most 2 * workers + 1 blocks are in flight: memory is constant apart from the dedup
-index (and the largest document: --txt_docs file holds a whole file). tqdm shows bytes read; the
-stats table ends the run and is saved as JSON (--stats_file, default OUTPUT.stats.json). The output
-and the stats appear atomically: a failed run leaves any previous output untouched.
+Each document is cleaned, filtered and deduplicated by the rules of text_cleaning.py. Output: txt,
+"doc1<|endoftext|>doc2<|endoftext|>" with no newline added (so the tokenizer decodes back exactly
+these bytes), or jsonl, {"text": doc} per line; .gz allowed. A stats table ends the run and is saved
+as JSON (--stats_file, default OUTPUT.stats.json). The output is the same bytes for any --workers,
+memory stays flat apart from the dedup index and the largest document (--txt_docs file: a whole
+file), and a failed run leaves any previous output untouched.
+Undecodable bytes and malformed JSON lines are counted and shown (--strict: fail on them); missing,
+empty or binary inputs are one-line errors.
 
 Notebook API: clean_text(text, options) -> str | None; render_chat(messages); iter_documents(paths,
 options) yields cleaned documents; clean_files(inputs, output, options) -> stats dict.
@@ -50,19 +34,20 @@ import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 import tokenizer_bpe
-from cleaner_inputs import FileReader, block_units, expand_inputs
+from cleaner_inputs import FileReader, LineBlock, ReplacedBytes, Unit, WorkItem, block_units, expand_inputs
 from common import ArgParser, UserError, atomic_path, atomic_write_json, cli_main
 from text_cleaning import (CleanOptions, Deduper, clean_content, clean_document, clean_text, exact_hash,
                            filters_apply, minhash_band_keys, neutralize_special_tokens, quality_reason)
 from tokenizer import EOT_TOKEN as EOT
 
-__all__ = ["EOT", "CleanOptions", "CleanStats", "clean_files", "clean_text", "expand_inputs", "iter_documents",
-           "main", "record_to_document", "render_chat"]  # the notebook API; clean_text comes from text_cleaning
+# the notebook API; clean_text comes from text_cleaning
+__all__ = ["EOT", "CleanOptions", "CleanStats", "Document", "clean_files", "clean_text", "expand_inputs",
+           "iter_documents", "main", "record_to_document", "render_chat"]
 
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "prompter": "user", "assistant": "assistant",
                 "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
@@ -71,9 +56,17 @@ BLOCK_BYTES = 1 << 20  # input bytes per work item sent to a worker
 
 # ---------------------------------------------------------------------------- records -> documents
 
+class Document(NamedTuple):
+    """What one record or text becomes."""
+    text: str | None  # the cleaned document; None when dropped
+    drop_reason: str | None  # why it was dropped (a quality rule, "empty", "malformed_json", ...)
+    kind: str  # text | chat | instruction | unknown
+    skipped_messages: int = 0  # messages of other roles (tool, function) left out
+
+
 def render_chat(messages: Sequence[Any], add_generation_prompt: bool = False) -> str:
-    """tokenizer_bpe.render_chat (DESIGN.md's chat format) on neutralised content. Messages are
-    {"role", "content"} dicts or (role, content) pairs; an unknown role is a ValueError."""
+    """tokenizer_bpe.render_chat, the one chat format of this repo, on neutralised content. Messages
+    are {"role", "content"} dicts or (role, content) pairs; an unknown role is a ValueError."""
     pairs = ((m["role"], m["content"]) if isinstance(m, dict) else m for m in messages)
     return tokenizer_bpe.render_chat([{"role": role, "content": neutralize_special_tokens(content)}
                                       for role, content in pairs], add_generation_prompt=add_generation_prompt)
@@ -88,7 +81,7 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
-def _chat_turns(messages: list, o: CleanOptions) -> tuple[list[tuple[str, str]], int]:
+def _chat_turns(messages: list, options: CleanOptions) -> tuple[list[tuple[str, str]], int]:
     """Cleaned (role, content) turns of a chat record, and the number of messages skipped."""
     turns, skipped = [], 0
     for m in messages:
@@ -98,68 +91,91 @@ def _chat_turns(messages: list, o: CleanOptions) -> tuple[list[tuple[str, str]],
         if role is None or content is None:
             skipped += 1
         else:
-            turns.append((role, clean_content(content, o)))
+            turns.append((role, clean_content(content, options)))
     return turns, skipped
 
 
-def _instruction_turns(obj: dict, o: CleanOptions) -> list[tuple[str, str]] | None:
-    """Cleaned user and assistant turns of an instruction record; None when a field is not a string."""
-    inp = obj.get("input", obj.get("context")) or ""
-    out = obj.get("output", obj.get("response"))
+def _instruction_turns(record: dict, options: CleanOptions) -> list[tuple[str, str]] | None:
+    """The user turn `instruction + "\\n\\n" + input` (just the instruction when the input is empty) and the
+    assistant turn `output`, cleaned; None when a field is not a string."""
+    inp = record.get("input", record.get("context")) or ""
+    out = record.get("output", record.get("response"))
     if not isinstance(inp, str) or not isinstance(out, str):
         return None
-    instruction, inp = clean_content(obj["instruction"], o), clean_content(inp, o)
-    return [("user", instruction + "\n\n" + inp if inp else instruction), ("assistant", clean_content(out, o))]
+    instruction, inp = clean_content(record["instruction"], options), clean_content(inp, options)
+    return [("user", instruction + "\n\n" + inp if inp else instruction), ("assistant", clean_content(out, options))]
 
 
-def record_to_document(obj: Any, options: CleanOptions | None = None) -> tuple[str | None, str | None, str, int]:
-    """One parsed JSON record -> (document or None, drop reason, kind, skipped messages).
-    kind is text, chat, instruction or unknown."""
-    o = options or CleanOptions()
-    if isinstance(obj, str):
-        return (*clean_document(obj, o, "text"), "text", 0)
-    if not isinstance(obj, dict):
-        return None, "unknown_record", "unknown", 0
-    if o.text_field and isinstance(obj.get(o.text_field), str):
-        return (*clean_document(obj[o.text_field], o, "text"), "text", 0)
-    messages, skipped = obj.get("messages", obj.get("conversations")), 0
+def _text_document(text: str, options: CleanOptions) -> Document:
+    cleaned, reason = clean_document(text, options, "text")
+    return Document(cleaned, reason, "text")
+
+
+def record_to_document(record: Any, options: CleanOptions | None = None) -> Document:
+    """One parsed JSON record -> its Document."""
+    options = options or CleanOptions()
+    if isinstance(record, str):
+        return _text_document(record, options)
+    if not isinstance(record, dict):
+        return Document(None, "unknown_record", "unknown")
+    if options.text_field and isinstance(record.get(options.text_field), str):
+        return _text_document(record[options.text_field], options)
+    messages, skipped = record.get("messages", record.get("conversations")), 0
     if isinstance(messages, list):
         kind = "chat"
-        turns, skipped = _chat_turns(messages, o)
-    elif isinstance(obj.get("instruction"), str):
+        turns, skipped = _chat_turns(messages, options)
+    elif isinstance(record.get("instruction"), str):
         kind = "instruction"
-        turns = _instruction_turns(obj, o)
+        turns = _instruction_turns(record, options)
         if turns is None:
-            return None, "unknown_record", kind, 0
+            return Document(None, "unknown_record", kind)
     else:
-        for name in ("text", "content") if not o.text_field else ():
-            if isinstance(obj.get(name), str):
-                return (*clean_document(obj[name], o, "text"), "text", 0)
-        return None, ("missing_text_field" if o.text_field else "unknown_record"), "unknown", 0
+        for name in ("text", "content") if not options.text_field else ():
+            if isinstance(record.get(name), str):
+                return _text_document(record[name], options)
+        return Document(None, "missing_text_field" if options.text_field else "unknown_record", "unknown")
     turns = [(role, content) for role, content in turns if content.strip()]
     if all(role == "system" for role, _ in turns):
-        return None, "empty", kind, skipped
-    reason = quality_reason("\n".join(c for _, c in turns), o) if filters_apply(o, kind) else None
+        return Document(None, "empty", kind, skipped)
+    reason = quality_reason("\n".join(c for _, c in turns), options) if filters_apply(options, kind) else None
     if reason:
-        return None, reason, kind, skipped
+        return Document(None, reason, kind, skipped)
     # the document ends before the separator, which the txt writer adds back (jsonl has none)
-    return render_chat(turns).removesuffix(EOT), None, kind, skipped
+    return Document(render_chat(turns).removesuffix(EOT), None, kind, skipped)
 
 
 # ---------------------------------------------------------------------------- worker
 
-def _unit_to_doc(unit_kind: str, payload: Any, o: CleanOptions) -> tuple[str | None, str | None, str, int]:
-    """A text line or document, a JSON line, or a JSON array element ("obj" or "bad") -> as record_to_document."""
-    if unit_kind == "text":
-        return (*clean_document(payload, o, "text"), "text", 0)
-    if unit_kind == "bad":  # a broken JSON array element, found by the reader
-        return None, "malformed_json", "unknown", 0
-    if unit_kind == "json":
+@dataclass
+class BlockResult:
+    """A worker's answer for one work item: the kept documents, encoded as one blob, with their end
+    offsets and fingerprints, and the counters. Only dedup is left to the parent."""
+    path: str
+    replaced: ReplacedBytes  # undecodable bytes
+    docs_in: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)  # reason -> documents
+    skipped_messages: int = 0
+    malformed: int = 0  # malformed JSON lines and array elements
+    malformed_lines: list[int] = field(default_factory=list)  # the first 5
+    blob: bytes = b""
+    ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # each document's end in blob
+    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # exact-dedup fingerprints
+    band_keys: np.ndarray | None = None  # (documents, lsh_bands) MinHash LSH keys, with --near_dedup
+
+
+def _unit_to_document(unit: Unit, options: CleanOptions) -> Document:
+    if unit.kind == "text":
+        return _text_document(unit.payload, options)
+    if unit.kind == "bad":  # a broken JSON array element, found by the reader
+        return Document(None, "malformed_json", "unknown")
+    record = unit.payload
+    if unit.kind == "json":
         try:
-            payload = json.loads(payload)
+            record = json.loads(unit.payload)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            return None, "malformed_json", "unknown", 0
-    return record_to_document(payload, o)
+            return Document(None, "malformed_json", "unknown")
+    return record_to_document(record, options)
 
 
 def _encode(doc: str, fmt: str) -> bytes:
@@ -169,40 +185,39 @@ def _encode(doc: str, fmt: str) -> bytes:
     return (doc + EOT if fmt == "txt" else doc).encode("utf-8")
 
 
-def _process(job: tuple[CleanOptions, str, tuple]) -> dict:
-    """Worker: one work item (cleaner_inputs.py) -> the encoded kept documents as one blob, their end
-    offsets, hashes, band keys and counters. Only dedup is left to the parent."""
-    o, fmt, item = job
-    path = item[1]
-    res: dict[str, Any] = {"path": path, "docs_in": 0, "kinds": Counter(), "dropped": Counter(), "skipped": 0,
-                           "malformed": 0, "malformed_lines": [], "replaced": 0, "replaced_at": []}
-    if item[0] == "units":
-        res["replaced"], res["replaced_at"] = item[3]
-    units = block_units(item, o, res) if item[0] == "lines" else item[2]
+def _process(item: WorkItem, options: CleanOptions, fmt: str) -> BlockResult:
+    """Worker: one work item (cleaner_inputs.py) -> its BlockResult."""
+    if isinstance(item, LineBlock):
+        result = BlockResult(item.path, ReplacedBytes())
+        units = block_units(item, options, result.replaced)  # decodes lazily, counting into result.replaced
+    else:
+        result = BlockResult(item.path, item.replaced)
+        units = item.units
     parts, hashes, keys = [], [], []
-    for unit_kind, payload, line in units:
-        doc, reason, kind, skipped = _unit_to_doc(unit_kind, payload, o)
-        res["docs_in"] += 1
-        res["kinds"][kind] += 1
-        res["skipped"] += skipped
-        if reason == "malformed_json":
-            if o.strict:
-                raise UserError(f"{path}:{line}: not valid JSON; fix the line or drop --strict to skip such lines")
-            res["malformed"] += 1
-            if len(res["malformed_lines"]) < 5:
-                res["malformed_lines"].append(line)
-        if doc is None:
-            res["dropped"][reason] += 1
+    for unit in units:
+        doc = _unit_to_document(unit, options)
+        result.docs_in += 1
+        result.kinds[doc.kind] += 1
+        result.skipped_messages += doc.skipped_messages
+        if doc.drop_reason == "malformed_json":
+            if options.strict:
+                raise UserError(f"{item.path}:{unit.line}: not valid JSON; fix the line or drop --strict to skip "
+                                f"such lines")
+            result.malformed += 1
+            if len(result.malformed_lines) < 5:
+                result.malformed_lines.append(unit.line)
+        if doc.text is None:
+            result.dropped[doc.drop_reason] += 1
             continue
-        parts.append(_encode(doc, fmt))
-        hashes.append(exact_hash(doc) if o.dedup else 0)
-        if o.near_dedup:
-            keys.append(minhash_band_keys(doc, o))
-    res["ends"] = np.cumsum([len(p) for p in parts], dtype=np.int64)
-    res["blob"] = b"".join(parts)
-    res["hashes"] = np.array(hashes, dtype=np.uint64)
-    res["keys"] = np.stack(keys) if keys else None
-    return res
+        parts.append(_encode(doc.text, fmt))
+        hashes.append(exact_hash(doc.text) if options.dedup else 0)
+        if options.near_dedup:
+            keys.append(minhash_band_keys(doc.text, options))
+    result.ends = np.cumsum([len(p) for p in parts], dtype=np.int64)
+    result.blob = b"".join(parts)
+    result.hashes = np.array(hashes, dtype=np.uint64)
+    result.band_keys = np.stack(keys) if keys else None
+    return result
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -228,16 +243,16 @@ class CleanStats:
     dedup_index_bytes: int = 0
     elapsed_s: float = 0.0
 
-    def add(self, res: dict) -> None:
-        """Counters of one worker result."""
-        self.docs_in += res["docs_in"]
-        self.kinds_in.update(res["kinds"])
-        self.dropped.update(res["dropped"])
-        self.skipped_messages += res["skipped"]
-        self.malformed_lines += res["malformed"]
-        self.malformed_examples = (self.malformed_examples + [f"{res['path']}:{n}" for n in res["malformed_lines"]])[:5]
-        self.replaced_bytes += res["replaced"]
-        self.replaced_examples = (self.replaced_examples + [f"{res['path']}@{n}" for n in res["replaced_at"]])[:5]
+    def add(self, result: BlockResult) -> None:
+        """The counters of one worker result."""
+        self.docs_in += result.docs_in
+        self.kinds_in.update(result.kinds)
+        self.dropped.update(result.dropped)
+        self.skipped_messages += result.skipped_messages
+        self.malformed_lines += result.malformed
+        self.malformed_examples = (self.malformed_examples + [f"{result.path}:{n}" for n in result.malformed_lines])[:5]
+        self.replaced_bytes += result.replaced.count
+        self.replaced_examples = (self.replaced_examples + [f"{result.path}@{n}" for n in result.replaced.offsets])[:5]
 
     def add_duplicates(self, n_exact: int, n_near: int) -> None:
         self.duplicates_exact += n_exact
@@ -281,21 +296,23 @@ def _validate(options: CleanOptions, workers: int) -> None:
         raise UserError(f"--workers {workers}: use 0 (all cores) or a positive number")
 
 
-def _work_items(files: list[Path], o: CleanOptions, stats: CleanStats, pbar: Any, block_bytes: int) -> Iterator[tuple]:
+def _work_items(files: list[Path], options: CleanOptions, stats: CleanStats, progress_bar: Any,
+                block_bytes: int) -> Iterator[WorkItem]:
     for path in files:
         stats.files.append(str(path))
-        yield from FileReader(path, o, stats, pbar, block_bytes).items()
+        yield from FileReader(path, options, stats, progress_bar, block_bytes).items()
 
 
-def _results(items: Iterator[tuple], o: CleanOptions, fmt: str, workers: int) -> Iterator[dict]:
-    """Worker results in input order, with at most 2 * workers + 1 items in flight (bounded memory)."""
+def _results(items: Iterator[WorkItem], options: CleanOptions, fmt: str, workers: int) -> Iterator[BlockResult]:
+    """Worker results in input order. The parent only reads; the workers decode, parse, clean,
+    fingerprint and encode. At most 2 * workers + 1 items are in flight, so memory stays bounded."""
     if workers <= 1:
-        yield from (_process((o, fmt, item)) for item in items)
+        yield from (_process(item, options, fmt) for item in items)
         return
     with mp.get_context().Pool(workers) as pool:
         pending: deque = deque()
         for item in items:
-            pending.append(pool.apply_async(_process, ((o, fmt, item),)))
+            pending.append(pool.apply_async(_process, (item, options, fmt)))
             if len(pending) > 2 * workers:
                 yield pending.popleft().get()
         while pending:
@@ -311,16 +328,17 @@ def _keep_only(blob: bytes, ends: np.ndarray, keep: np.ndarray) -> tuple[bytes, 
     return kept, np.cumsum((ends - starts)[keep])
 
 
-def _pipeline(files: list[Path], o: CleanOptions, fmt: str, stats: CleanStats, workers: int, pbar: Any,
-              block_bytes: int) -> Iterator[tuple[bytes, np.ndarray]]:
-    """(encoded kept documents, their end offsets) per work item, deduplicated in input order."""
-    dedup = Deduper(o)
-    for res in _results(_work_items(files, o, stats, pbar, block_bytes), o, fmt, workers):
-        stats.add(res)
-        keep, n_exact, n_near = dedup.keep(res["hashes"], res["keys"])
+def _pipeline(files: list[Path], options: CleanOptions, fmt: str, stats: CleanStats, workers: int,
+              progress_bar: Any, block_bytes: int) -> Iterator[tuple[bytes, np.ndarray]]:
+    """(encoded kept documents, their end offsets) per work item, deduplicated here in input order:
+    the first copy is kept whatever --workers is."""
+    dedup = Deduper(options)
+    for result in _results(_work_items(files, options, stats, progress_bar, block_bytes), options, fmt, workers):
+        stats.add(result)
+        keep, n_exact, n_near = dedup.keep(result.hashes, result.band_keys)
         stats.add_duplicates(n_exact, n_near)
         stats.dedup_index_bytes = dedup.nbytes
-        blob, ends = _keep_only(res["blob"], res["ends"], keep)
+        blob, ends = _keep_only(result.blob, result.ends, keep)
         stats.docs_out += len(ends)
         stats.bytes_out += len(blob)
         yield blob, ends
@@ -329,9 +347,9 @@ def _pipeline(files: list[Path], o: CleanOptions, fmt: str, stats: CleanStats, w
 def iter_documents(paths: Iterable[str | os.PathLike], options: CleanOptions | None = None, workers: int = 1,
                    stats: CleanStats | None = None) -> Iterator[str]:
     """Cleaned, deduplicated documents (without the separator) from files, directories or globs."""
-    o = options or CleanOptions()
-    _validate(o, workers)
-    for blob, ends in _pipeline(expand_inputs(paths), o, "docs", stats if stats is not None else CleanStats(),
+    options = options or CleanOptions()
+    _validate(options, workers)
+    for blob, ends in _pipeline(expand_inputs(paths), options, "docs", stats if stats is not None else CleanStats(),
                                 workers, None, BLOCK_BYTES):
         start = 0
         for end in ends.tolist():
@@ -366,10 +384,10 @@ def clean_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
                 progress: bool = False, report: bool = False, block_bytes: int = BLOCK_BYTES) -> dict:
     """Clean `inputs` into `output` (atomically) and write the stats JSON; returns the stats dict.
     `progress`: tqdm by bytes on stderr; `report`: the stats table on stderr at the end."""
-    o, out = options or CleanOptions(), Path(output)
+    options, out = options or CleanOptions(), Path(output)
     stats_path = Path(stats_file) if stats_file else Path(f"{out}.stats.json")
     workers = workers or os.cpu_count() or 1
-    _validate(o, workers)
+    _validate(options, workers)
     fmt = fmt or ("jsonl" if out.name.lower().removesuffix(".gz").endswith(".jsonl") else "txt")
     if fmt not in ("txt", "jsonl"):
         raise UserError(f"--format {fmt}: use txt or jsonl")
@@ -381,11 +399,11 @@ def clean_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
 
     from tqdm import tqdm
     stats, t0 = CleanStats(), time.perf_counter()
-    pbar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, unit_divisor=1024,
-                desc="cleaning", file=sys.stderr, disable=not progress, mininterval=0.5)
-    with pbar, atomic_path(out) as tmp:
+    progress_bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, unit_divisor=1024,
+                        desc="cleaning", file=sys.stderr, disable=not progress, mininterval=0.5)
+    with progress_bar, atomic_path(out) as tmp:
         with (gzip.open if out.name.endswith(".gz") else open)(tmp, "wb") as f:
-            for blob, _ in _pipeline(files, o, fmt, stats, workers, pbar, block_bytes):
+            for blob, _ in _pipeline(files, options, fmt, stats, workers, progress_bar, block_bytes):
                 try:
                     f.write(blob)
                 except OSError as e:
@@ -393,7 +411,7 @@ def clean_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
                                     f"--output") from None
         _check_something_kept(stats, inputs, out)
     stats.elapsed_s = time.perf_counter() - t0
-    result = {**stats.to_dict(), "output": str(out), "format": fmt, "workers": workers, "options": asdict(o)}
+    result = {**stats.to_dict(), "output": str(out), "format": fmt, "workers": workers, "options": asdict(options)}
     atomic_write_json(stats_path, result)
     if report:
         print(f"dataset_cleaner: {out} ({fmt}, {workers} worker{'s' * (workers > 1)})\n{stats.table()}\n"
@@ -433,13 +451,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)
-    o = CleanOptions(nfc=not a.no_nfc, control_chars=not a.no_control_chars, html=not a.no_html,
-                     whitespace=not a.no_whitespace, scrub_pii=a.scrub_pii, quality_filters=a.quality_filters,
-                     min_chars=a.min_chars, max_chars=a.max_chars, min_words=a.min_words,
-                     max_non_alpha=a.max_non_alpha, dedup=not a.no_dedup, near_dedup=a.near_dedup,
-                     minhash_perms=a.minhash_perms, lsh_bands=a.lsh_bands, text_field=a.text_field,
-                     txt_docs=a.txt_docs, strict=a.strict)
-    clean_files(a.input, a.output, o, fmt=a.format, workers=a.workers, stats_file=a.stats_file,
+    options = CleanOptions(nfc=not a.no_nfc, control_chars=not a.no_control_chars, html=not a.no_html,
+                           whitespace=not a.no_whitespace, scrub_pii=a.scrub_pii, quality_filters=a.quality_filters,
+                           min_chars=a.min_chars, max_chars=a.max_chars, min_words=a.min_words,
+                           max_non_alpha=a.max_non_alpha, dedup=not a.no_dedup, near_dedup=a.near_dedup,
+                           minhash_perms=a.minhash_perms, lsh_bands=a.lsh_bands, text_field=a.text_field,
+                           txt_docs=a.txt_docs, strict=a.strict)
+    clean_files(a.input, a.output, options, fmt=a.format, workers=a.workers, stats_file=a.stats_file,
                 progress=not a.no_progress, report=True)
     return 0
 

@@ -2,26 +2,15 @@
 
     python sample_data.py --out data/demo_chat.jsonl --heldout_out data/demo_heldout.jsonl --seed 0 --size_mb 6
 
-The corpus is chat JSONL built only from facts that ship in data_facts/: capitals of ~170
-countries (common English spellings, accents dropped), one-sentence definitions of ~110
-computing and ML terms, small-number arithmetic, and small talk. Each fact is asked in many
-phrasings; answers follow one canonical template most of the time ("The capital of France is
-Paris.") so that a ~2M-parameter model can learn them in minutes on a CPU. The seed's two
-prompts and answers are in it, and its two facts (France, machine learning) are sampled a few
-times more often than the others.
-
-Most records are `{"messages": [...]}`; some are `{"conversations": [{"from": "human"|"gpt",
-"value"}]}` or `{"instruction", "input", "output"}`, the other shapes dataset_cleaner.py reads.
-Every clean record renders to a distinct conversation, so the cleaner's exact dedup removes
-exactly the injected duplicates. Messy records give the cleaner real work: HTML-wrapped and
-entity-escaped contents, stray control and zero-width characters, exact duplicate lines and a
-few lines that are not valid JSON.
-
-The held-out file holds questions never asked in training: held-out phrasings of facts that
-are in training (split "unseen_phrasing"), and arithmetic pairs kept out of training entirely,
-asked in training phrasings (split "unseen_fact"). heldout.py holds its file format and the
-scoring the demo measures accuracy with (load_heldout, score_answer, summarize_scores: importable
-from here too).
+The corpus is chat JSONL built only from what ships in data_facts/ (capitals of ~170 countries in
+common English spellings, one-sentence definitions of ~110 computing and ML terms, small talk) and
+small-number arithmetic. Each fact is asked in many phrasings and mostly answered in one template
+("The capital of France is Paris."), so a ~2M-parameter model learns them in minutes on a CPU. The
+seed's two prompts and answers are in it word for word, so the demo's model recalls them; the
+held-out file asks what training never asked (new phrasings of trained facts, and arithmetic kept
+out of training), which measures what it learned. Records come in the three shapes
+dataset_cleaner.py reads, and a few are messy on purpose (HTML, control characters, duplicates,
+broken JSON) to give the cleaner work.
 
 Same arguments, same bytes: everything comes from `random.Random` seeded from --seed.
 """
@@ -35,7 +24,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from common import ArgParser, UserError, atomic_path, cli_main, read_json
 from heldout import HeldoutItem, score_answer, write_heldout
@@ -49,7 +38,15 @@ SEED_PROMPTS: tuple[tuple[str, str], ...] = (
     ("Explain machine learning in simple terms.",
      "Machine learning is a way for computers to learn from data without being explicitly programmed."),
 )
-FEATURED = {"capital": ("France", 0.03), "definition": ("machine learning", 0.04)}  # (fact, pick probability)
+
+
+class Featured(NamedTuple):
+    """A seed prompt's fact, drawn more often than the others."""
+    name: str  # the country or term
+    probability: float  # of drawing it whenever a fact of its kind is drawn
+
+
+FEATURED = {"capital": Featured("France", 0.03), "definition": Featured("machine learning", 0.04)}
 
 # ---------------------------------------------------------------------------- facts
 
@@ -73,21 +70,26 @@ class Definition:
 
 
 @dataclass(frozen=True)
-class Arith:
+class Arithmetic:
     a: int
     op: str  # a key of OPS
     b: int
 
     @property
     def result(self) -> int:
-        return OPS[self.op][1](self.a, self.b)
+        return OPS[self.op].apply(self.a, self.b)
 
 
-OPS: dict[str, tuple[str, Callable[[int, int], int]]] = {
-    "plus": ("+", lambda a, b: a + b),
-    "minus": ("-", lambda a, b: a - b),
-    "times": ("*", lambda a, b: a * b),
-    "divided by": ("/", lambda a, b: a // b),
+class Operator(NamedTuple):
+    symbol: str
+    apply: Callable[[int, int], int]
+
+
+OPS: dict[str, Operator] = {
+    "plus": Operator("+", lambda a, b: a + b),
+    "minus": Operator("-", lambda a, b: a - b),
+    "times": Operator("*", lambda a, b: a * b),
+    "divided by": Operator("/", lambda a, b: a // b),  # only exact divisions are drawn
 }
 
 
@@ -126,7 +128,12 @@ def load_facts(facts_dir: str | Path = FACTS_DIR) -> tuple[list[Capital], list[D
     return capitals, definitions
 
 
-def load_smalltalk(facts_dir: str | Path = FACTS_DIR) -> dict[str, tuple[list[str], list[str]]]:
+class SmallTalk(NamedTuple):
+    user: list[str]  # what the user may say
+    assistant: list[str]  # what the assistant may answer
+
+
+def load_smalltalk(facts_dir: str | Path = FACTS_DIR) -> dict[str, SmallTalk]:
     """data_facts/smalltalk.json: {topic: {"user": [phrasings], "assistant": [answers]}}."""
     path = Path(facts_dir) / "smalltalk.json"
     data = read_json(path, "facts file")
@@ -137,17 +144,17 @@ def load_smalltalk(facts_dir: str | Path = FACTS_DIR) -> dict[str, tuple[list[st
                                                 and all(isinstance(x, str) and x for x in entry[k])
                                                 for k in ("user", "assistant"))):
             raise UserError(f"{path}: topic {topic!r} needs non-empty string lists 'user' and 'assistant'")
-        talk[topic] = (entry["user"], entry["assistant"])
+        talk[topic] = SmallTalk(entry["user"], entry["assistant"])
     return talk
 
 
-def arithmetic_facts() -> list[Arith]:
+def arithmetic_facts() -> list[Arithmetic]:
     """Every arithmetic fact the corpus draws from: sums and products of small numbers,
     differences that are not negative, exact divisions."""
-    facts = [Arith(a, "plus", b) for a in range(21) for b in range(21)]
-    facts += [Arith(a, "minus", b) for a in range(21) for b in range(a + 1)]
-    facts += [Arith(a, "times", b) for a in range(13) for b in range(13)]
-    facts += [Arith(b * q, "divided by", b) for b in range(1, 13) for q in range(13)]
+    facts = [Arithmetic(a, "plus", b) for a in range(21) for b in range(21)]
+    facts += [Arithmetic(a, "minus", b) for a in range(21) for b in range(a + 1)]
+    facts += [Arithmetic(a, "times", b) for a in range(13) for b in range(13)]
+    facts += [Arithmetic(b * q, "divided by", b) for b in range(1, 13) for q in range(13)]
     return facts
 
 
@@ -195,11 +202,11 @@ ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"]
 CONTROL = ["\x00", "\x07", "\x08", "\x1b", "\x7f"]
 
 
-def _cap(s: str) -> str:
+def _capitalize(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def _poss(s: str) -> str:
+def _possessive(s: str) -> str:
     return s + ("'" if s.endswith("s") else "'s")
 
 
@@ -208,18 +215,18 @@ def _sentence(s: str) -> str:
 
 
 def capital_fields(f: Capital) -> dict[str, str]:
-    return {"c": f.country, "C": _cap(f.country), "cp": _poss(f.country)}
+    return {"c": f.country, "C": _capitalize(f.country), "cp": _possessive(f.country)}
 
 
 def definition_fields(f: Definition) -> dict[str, str]:
     return {"t": f.term, "at": f.a_term}
 
 
-def arith_fields(f: Arith) -> dict[str, str]:
-    return {"a": str(f.a), "b": str(f.b), "w": f.op, "s": OPS[f.op][0]}
+def arith_fields(f: Arithmetic) -> dict[str, str]:
+    return {"a": str(f.a), "b": str(f.b), "w": f.op, "s": OPS[f.op].symbol}
 
 
-def canonical_answer(fact: Capital | Definition | Arith) -> str:
+def canonical_answer(fact: Capital | Definition | Arithmetic) -> str:
     if isinstance(fact, Capital):
         return _sentence(f"The capital of {fact.country} is {fact.capital}")
     if isinstance(fact, Definition):
@@ -227,7 +234,7 @@ def canonical_answer(fact: Capital | Definition | Arith) -> str:
     return f"{fact.a} {fact.op} {fact.b} is {fact.result}."
 
 
-def key_answer(fact: Capital | Definition | Arith) -> str:
+def key_answer(fact: Capital | Definition | Arithmetic) -> str:
     """The substring a correct answer must contain."""
     if isinstance(fact, Capital):
         return fact.capital
@@ -246,61 +253,70 @@ class Corpus:
     stats: dict
 
 
+class FactTurn(NamedTuple):
+    question: str
+    answer: str
+    fact: Capital | Definition | Arithmetic
+
+
 class _Builder:
-    """Draws conversations; every clean record renders to a conversation not drawn before."""
+    """Draws conversations. Every clean record renders to a conversation not drawn before, so the
+    cleaner's exact dedup removes exactly the duplicates injected on purpose."""
 
     def __init__(self, seed: int, capitals: list[Capital], definitions: list[Definition],
-                 smalltalk: dict[str, tuple[list[str], list[str]]]):
+                 smalltalk: dict[str, SmallTalk]):
         self.rng = random.Random(seed)
         self.capitals, self.definitions, self.smalltalk = capitals, definitions, smalltalk
         arith = arithmetic_facts()
-        hrng = random.Random(f"heldout-facts-{seed}")  # independent of --size_mb
-        self.heldout_arith = sorted(hrng.sample(range(len(arith)), len(arith) // 12))
+        heldout_rng = random.Random(f"heldout-facts-{seed}")  # independent of --size_mb
+        self.heldout_arith = sorted(heldout_rng.sample(range(len(arith)), len(arith) // 12))
         held = set(self.heldout_arith)
         self.arith_all = arith
         self.arith = [f for i, f in enumerate(arith) if i not in held]
-        self.arith_probe = hrng.sample(self.arith, 80)  # asked in held-out phrasings; in training via coverage
+        self.arith_probe = heldout_rng.sample(self.arith, 80)  # asked in held-out phrasings; in training via coverage
         names = {"capital": {f.country: f for f in capitals}, "definition": {f.term: f for f in definitions}}
         self.featured = {k: names[k][name] for k, (name, _) in FEATURED.items() if name in names[k]}
-        self.seen: set[bytes] = set()
-        self.kinds = {"capital": 0, "definition": 0, "arithmetic": 0, "smalltalk": 0}
+        self.drawn: set[bytes] = set()  # sha256 of each conversation drawn
+        self.turn_counts = {"capital": 0, "definition": 0, "arithmetic": 0, "smalltalk": 0}
 
     # -- facts and turns
 
-    def _pick(self, kind: str) -> Capital | Definition | Arith:
+    def _pick(self, kind: str) -> Capital | Definition | Arithmetic:
         pool = {"capital": self.capitals, "definition": self.definitions, "arithmetic": self.arith}[kind]
-        if kind in self.featured and self.rng.random() < FEATURED[kind][1]:
+        if kind in self.featured and self.rng.random() < FEATURED[kind].probability:
             return self.featured[kind]
         return self.rng.choice(pool)
 
     def _template(self, weighted: list[tuple[str, int]]) -> str:
         return self.rng.choices([t for t, _ in weighted], weights=[w for _, w in weighted])[0]
 
-    def _answer(self, fact: Capital | Definition | Arith) -> str:
+    def _answer(self, fact: Capital | Definition | Arithmetic) -> str:
         if self.rng.random() < 0.85:
             return canonical_answer(fact)
         if isinstance(fact, Capital):
             c, cap = fact.country, fact.capital
-            return _sentence(self.rng.choice([f"{cap} is the capital of {c}", f"{_cap(_poss(c))} capital is {cap}",
+            return _sentence(self.rng.choice([f"{cap} is the capital of {c}",
+                                              f"{_capitalize(_possessive(c))} capital is {cap}",
                                               f"The capital city of {c} is {cap}"]))
         if isinstance(fact, Definition):
             return self.rng.choice(["Sure! ", "In simple terms: ", "Good question. "]) + fact.definition
         return self.rng.choice([f"{fact.a} {fact.op} {fact.b} equals {fact.result}.", f"The answer is {fact.result}."])
 
-    def _fact_turn(self, kind: str, follow: bool = False) -> tuple[str, str, Capital | Definition | Arith]:
+    def _fact_turn(self, kind: str, follow: bool = False) -> FactTurn:
         fact = self._pick(kind)
         fields, weighted, follows = {
             "capital": (capital_fields, CAPITAL_Q, CAPITAL_FOLLOW),
             "definition": (definition_fields, DEFINITION_Q, DEFINITION_FOLLOW),
             "arithmetic": (arith_fields, ARITH_Q, ARITH_FOLLOW)}[kind]
         template = self.rng.choice(follows) if follow else self._template(weighted)
-        self.kinds[kind] += 1
-        return template.format(**fields(fact)), self._answer(fact), fact
+        self.turn_counts[kind] += 1
+        return FactTurn(template.format(**fields(fact)), self._answer(fact), fact)
 
     def _talk(self, topic: str) -> tuple[str, str]:
-        users, answers = self.smalltalk[topic]
-        self.kinds["smalltalk"] += 1
-        return self.rng.choice(users), self.rng.choice(answers)
+        """(user, assistant) lines on a small-talk topic."""
+        talk = self.smalltalk[topic]
+        self.turn_counts["smalltalk"] += 1
+        return self.rng.choice(talk.user), self.rng.choice(talk.assistant)
 
     def _question_kind(self) -> str:
         return self.rng.choices(["capital", "definition", "arithmetic", "smalltalk"], weights=[45, 30, 17, 8])[0]
@@ -314,13 +330,15 @@ class _Builder:
         prev = None
         for _ in range(self.rng.randint(1, 4) if multi else 1):
             if prev in ("capital", "definition", "arithmetic") and self.rng.random() < 0.4:
-                turns.append(self._fact_turn(prev, follow=True)[:2])
+                turn = self._fact_turn(prev, follow=True)
+                turns.append((turn.question, turn.answer))
                 continue
             kind = self._question_kind()
             if kind == "smalltalk":
                 turns.append(self._talk(self.rng.choice(MIDDLE_TALK + (["compliment"] if prev else []))))
             else:
-                turns.append(self._fact_turn(kind)[:2])
+                turn = self._fact_turn(kind)
+                turns.append((turn.question, turn.answer))
             prev = kind
         if multi and self.rng.random() < 0.35:
             turns.append(self._talk("thanks"))
@@ -342,7 +360,7 @@ class _Builder:
         instruction, inp = {
             Capital: lambda f: ("Give the capital city of the country below.", f.country),
             Definition: lambda f: ("Define the following term in one sentence.", f.term),
-            Arith: lambda f: ("Solve the arithmetic problem.", f"{f.a} {OPS[f.op][0]} {f.b}"),
+            Arithmetic: lambda f: ("Solve the arithmetic problem.", f"{f.a} {OPS[f.op].symbol} {f.b}"),
         }[type(fact)](fact)
         return {"instruction": instruction, "input": inp, "output": answer}
 
@@ -350,7 +368,8 @@ class _Builder:
 
     @staticmethod
     def rendered(record: dict) -> list[tuple[str, str]]:
-        """The conversation a record stands for (DESIGN.md, chat format)."""
+        """The (role, content) turns a record stands for, as the cleaner reads them: an instruction
+        record is the user turn `instruction` + "\\n\\n" + `input` and the assistant turn `output`."""
         if "instruction" in record:
             user = record["instruction"] + ("\n\n" + record["input"] if record["input"] else "")
             return [("user", user), ("assistant", record["output"])]
@@ -360,10 +379,11 @@ class _Builder:
         return [(m["role"], m["content"]) for m in record["messages"]]
 
     def _claim(self, record: dict) -> bool:
+        """True, and the conversation marked as drawn, when the record's conversation is new."""
         key = hashlib.sha256(json.dumps(self.rendered(record)).encode()).digest()
-        if key in self.seen:
+        if key in self.drawn:
             return False
-        self.seen.add(key)
+        self.drawn.add(key)
         return True
 
     def random_record(self) -> tuple[str, dict]:
@@ -395,9 +415,9 @@ class _Builder:
                                  {"role": "assistant", "content": canonical_answer(f)}]} for t, fields, f in asks]
         for r in records:
             self._claim(r)
-        self.kinds["capital"] += len(self.capitals)
-        self.kinds["definition"] += 2 * len(self.definitions)
-        self.kinds["arithmetic"] += len(self.arith_probe)
+        self.turn_counts["capital"] += len(self.capitals)
+        self.turn_counts["definition"] += 2 * len(self.definitions)
+        self.turn_counts["arithmetic"] += len(self.arith_probe)
         return records
 
     # -- messy variants
@@ -432,10 +452,10 @@ class _Builder:
 
     def bad_line(self, n: int) -> str:
         """A line no JSON parser accepts, of one of five kinds (n picks which)."""
-        kinds = dict(self.kinds)  # bad lines carry no training turns
+        counts = dict(self.turn_counts)  # bad lines carry no training turns
         line = dump(self.random_record()[1])
         other = dump(self.random_record()[1])
-        self.kinds = kinds
+        self.turn_counts = counts
         turns = [c for r, c in self.rendered(json.loads(line)) if r != "system"]
         plain = " ".join(("Q: " + " A: ".join(turns)).split())
         return [line[: self.rng.randrange(10, len(line) - 2)],  # truncated
@@ -452,54 +472,55 @@ def dump(record: dict) -> str:
 def build_corpus(seed: int = 0, size_mb: float = 6.0, facts_dir: str | Path = FACTS_DIR) -> Corpus:
     """Build the training lines (shuffled, messy ones included) and the held-out items."""
     capitals, definitions = load_facts(facts_dir)
-    b = _Builder(seed, capitals, definitions, load_smalltalk(facts_dir))
-    lines = [dump(r) for r in b.coverage_records()]
+    builder = _Builder(seed, capitals, definitions, load_smalltalk(facts_dir))
+    lines = [dump(r) for r in builder.coverage_records()]
     clean = list(lines)
     shapes = {"messages": len(lines), "conversations": 0, "instruction": 0}
     messy = {"html": 0, "control_chars": 0, "duplicates": 0, "bad_json": 0}
     target = int(size_mb * MB)
     size = sum(len(s.encode()) + 1 for s in lines)
     while size < target:
-        shape, record = b.unique_record()
+        shape, record = builder.unique_record()
         shapes[shape] += 1
-        r = b.rng.random()
-        if r < 0.02:
-            line = dump(b.html_mess(record))
+        roll = builder.rng.random()
+        if roll < 0.02:
+            line = dump(builder.html_mess(record))
             messy["html"] += 1
-        elif r < 0.04:
-            line = dump(b.control_mess(record))
+        elif roll < 0.04:
+            line = dump(builder.control_mess(record))
             messy["control_chars"] += 1
         else:
             line = dump(record)
             clean.append(line)
         new = [line]
-        if b.rng.random() < 0.02:
-            new.append(b.rng.choice(clean))
+        if builder.rng.random() < 0.02:
+            new.append(builder.rng.choice(clean))
             messy["duplicates"] += 1
         if (len(lines) + 1) % 300 == 0:
-            new.append(b.bad_line(messy["bad_json"]))
+            new.append(builder.bad_line(messy["bad_json"]))
             messy["bad_json"] += 1
         lines += new
         size += sum(len(s.encode()) + 1 for s in new)
-    b.rng.shuffle(lines)
-    heldout = build_heldout(seed, b)
+    builder.rng.shuffle(lines)
+    heldout = build_heldout(seed, builder)
     stats = {"lines": len(lines), "bytes": size, "valid_records": len(lines) - messy["bad_json"],
-             "distinct_conversations": len(b.seen), "shapes": shapes, "turns": dict(b.kinds), "messy": messy,
+             "distinct_conversations": len(builder.drawn), "shapes": shapes, "turns": dict(builder.turn_counts),
+             "messy": messy,
              "facts": {"capitals": len(capitals), "definitions": len(definitions),
-                       "arithmetic": len(b.arith_all), "arithmetic_held_out": len(b.heldout_arith)}}
+                       "arithmetic": len(builder.arith_all), "arithmetic_held_out": len(builder.heldout_arith)}}
     return Corpus(lines, heldout, stats)
 
 
-def build_heldout(seed: int, b: _Builder) -> list[HeldoutItem]:
+def build_heldout(seed: int, builder: _Builder) -> list[HeldoutItem]:
     """Held-out phrasings of every capital and definition and of some arithmetic facts in
     training, plus the arithmetic facts kept out of training, asked in training phrasings."""
     rng = random.Random(f"heldout-items-{seed}")
     # Training phrasings that start with a word: "3 + 7 = ?" would be a substring of "13 + 7 = ?".
     worded = [t for t, _ in ARITH_Q if t[0].isalpha()]
-    asks = [("capital", "unseen_phrasing", CAPITAL_HELDOUT, capital_fields, f) for f in b.capitals]
-    asks += [("definition", "unseen_phrasing", DEFINITION_HELDOUT, definition_fields, f) for f in b.definitions]
-    asks += [("arithmetic", "unseen_phrasing", ARITH_HELDOUT, arith_fields, f) for f in b.arith_probe]
-    asks += [("arithmetic", "unseen_fact", worded, arith_fields, b.arith_all[i]) for i in b.heldout_arith]
+    asks = [("capital", "unseen_phrasing", CAPITAL_HELDOUT, capital_fields, f) for f in builder.capitals]
+    asks += [("definition", "unseen_phrasing", DEFINITION_HELDOUT, definition_fields, f) for f in builder.definitions]
+    asks += [("arithmetic", "unseen_phrasing", ARITH_HELDOUT, arith_fields, f) for f in builder.arith_probe]
+    asks += [("arithmetic", "unseen_fact", worded, arith_fields, builder.arith_all[i]) for i in builder.heldout_arith]
     items, counts = [], {}
     for kind, split, templates, fields, fact in asks:
         prompt = rng.choice(templates).format(**fields(fact))
@@ -522,15 +543,15 @@ def _summary(corpus: Corpus, out: Path, heldout_out: Path) -> str:
     groups: dict[str, int] = {}
     for h in corpus.heldout:
         groups[f"{h.kind}/{h.split}"] = groups.get(f"{h.kind}/{h.split}", 0) + 1
-    fmt = lambda d: ", ".join(f"{k} {v:,}" for k, v in d.items())  # noqa: E731
+    listing = lambda d: ", ".join(f"{k} {v:,}" for k, v in d.items())  # noqa: E731
     return "\n".join([
         f"sample_data: wrote {out}: {s['lines']:,} lines, {s['bytes']:,} bytes, "
         f"{s['distinct_conversations']:,} distinct conversations",
-        f"  records by shape: {fmt(s['shapes'])}",
-        f"  turns by kind: {fmt(s['turns'])}",
-        f"  facts: {fmt(s['facts'])}",
-        f"  messy records injected: {fmt(s['messy'])}",
-        f"  held-out: {heldout_out}: {len(corpus.heldout):,} items ({fmt(groups)})",
+        f"  records by shape: {listing(s['shapes'])}",
+        f"  turns by kind: {listing(s['turns'])}",
+        f"  facts: {listing(s['facts'])}",
+        f"  messy records injected: {listing(s['messy'])}",
+        f"  held-out: {heldout_out}: {len(corpus.heldout):,} items ({listing(groups)})",
     ])
 
 

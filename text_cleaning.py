@@ -1,43 +1,10 @@
 """What dataset_cleaner.py does to one document: normalise it, neutralise special tokens, judge its
-quality, and fingerprint it for deduplication. Pure functions of the text (plus HashIndex, the
-memory-lean set of fingerprints); no files, no processes.
+quality and fingerprint it for deduplication. Pure functions of the text (plus HashIndex, a lean set
+of fingerprints); no files, no processes. Every step is a CleanOptions field and a cleaner flag.
 
-Cleaning (normalize_text; each step on by default and switchable in CleanOptions / the CLI):
-  NFC normalisation (--no_nfc); control characters except \\n and \\t, \\r\\n -> \\n, zero-width
-  characters (U+200B-U+200D, U+2060, U+FEFF, U+00AD, U+180E) and bidi overrides (U+202A-E,
-  U+2066-9) removed (--no_control_chars); HTML (--no_html), only where the text looks like HTML
-  (a known tag or an entity) and has no ``` code fence: script/style/comments dropped, block tags
-  become newlines, other tags removed, then entities unescaped; whitespace (--no_whitespace):
-  Unicode spaces -> " ", runs of spaces/tabs inside a line -> one space (indentation kept), trailing
-  spaces removed, at most one blank line in a row, document stripped.
-  Optional --scrub_pii: emails -> <EMAIL>, URLs -> <URL>, phone numbers -> <PHONE> (regexes:
-  approximate; long digit groups with separators, such as "100 200 3000", also match).
-
-Trust boundary (clean_content, after every other step): each "<|" inside raw text or message
-content becomes "< |" (a space inserted; ASCII, visible, unchanged by NFC/NFKC). So no special
-token such as <|endoftext|>, <|user|> or any <|word|> survives in content and a scraped page cannot
-inject a turn. Lone UTF-16 surrogates (possible through JSON "\\ud800" escapes) become U+FFFD.
-
-Quality filters (quality_reason; --quality_filters auto|on|off, auto = on for plain text, off for
-chat and instruction records, where short answers and numbers are normal). A document is dropped when:
-  too_short       fewer than --min_chars (20) characters     too_long   more than --max_chars (500,000)
-  too_few_words   fewer than --min_words (5) words (Gopher: 50; lowered because one-line documents
-                  are common here)
-  mean_word_length outside [2, 10] characters (Gopher: [3, 10])
-  non_alpha       more than --max_non_alpha (0.4) of its non-space characters are not letters
-                  (a character version of Gopher's "80% of words contain a letter")
-  dup_lines       more than 30% of its non-empty lines, or 20% of its characters, are repeated lines
-  dup_ngrams      repeated word n-grams cover more than 15% (n=5), 14%, ... 10% (n=10) of its word
-                  characters (Gopher's thresholds)
-
-Deduplication fingerprints (Deduper keeps the first copy):
-  exact   blake2b 8-byte hash of the cleaned document with whitespace runs collapsed (case kept).
-          Hashes live in sorted numpy uint64 runs merged like a binary counter: 8 bytes per unique
-          document, 0.8 GB per 100M documents (1.6 GB for a moment while the largest runs merge);
-          a Python set of the same ints would take about 7 GB.
-  near    (--near_dedup) MinHash LSH on lowercased word 5-gram shingles, 128 permutations, 16 bands
-          of 8 rows: a pair is caught with probability 6% at Jaccard 0.5, 62% at 0.7, 95% at 0.8,
-          ~100% at 0.9. 16 band keys of 8 bytes per kept document: 12.8 GB per 100M documents.
+The trust boundary (clean_content, after every other step): each "<|" in content becomes "< |", so
+no special token (<|endoftext|>, <|user|>, any <|word|>) survives in content and a scraped page
+cannot inject a turn.
 """
 from __future__ import annotations
 
@@ -148,8 +115,17 @@ def _normalize_whitespace(text: str) -> str:
 
 
 def normalize_text(text: str, options: CleanOptions | None = None) -> str:
-    """The cleaning steps (no filters, no neutralisation) in order: NFC, control and zero-width
-    characters, HTML, PII, whitespace."""
+    """The cleaning steps in order (no filters, no neutralisation), each on by default except PII:
+      nfc            NFC normalisation (--no_nfc)
+      control_chars  control characters except \\n and \\t removed, \\r\\n -> \\n, zero-width characters
+                     and bidi overrides removed (--no_control_chars)
+      html           only where the text looks like HTML (a known tag or an entity) and has no ```
+                     fence: script, style and comments dropped, block tags -> newlines, other tags
+                     removed, then entities unescaped (--no_html)
+      scrub_pii      emails -> <EMAIL>, URLs -> <URL>, phone numbers -> <PHONE> (--scrub_pii;
+                     approximate: digit groups such as "100 200 3000" match too)
+      whitespace     Unicode spaces -> " ", runs inside a line -> one space (indentation kept),
+                     trailing spaces removed, at most one blank line in a row, ends stripped"""
     o = options or CleanOptions()
     if o.nfc:
         text = _nfc(text)
@@ -192,7 +168,7 @@ def _count_letters(text: str) -> int:
     return len(text) - len(_LETTERS_RE.sub("", text))
 
 
-def _has_dup_lines(text: str, o: CleanOptions) -> bool:
+def _has_dup_lines(text: str, options: CleanOptions) -> bool:
     lines = [line for line in text.split("\n") if line.strip()] if "\n" in text else []
     if len(lines) < 2:
         return False
@@ -203,7 +179,7 @@ def _has_dup_lines(text: str, o: CleanOptions) -> bool:
             dup_lines += 1
             dup_chars += len(line)
         seen.add(line)
-    return dup_lines / len(lines) > o.max_dup_line_frac or dup_chars / len(text) > o.max_dup_line_char_frac
+    return dup_lines / len(lines) > options.max_dup_line_frac or dup_chars / len(text) > options.max_dup_line_char_frac
 
 
 def _dup_ngram_char_frac(words: list[str], n: int, total_chars: int) -> float:
@@ -219,18 +195,26 @@ def _dup_ngram_char_frac(words: list[str], n: int, total_chars: int) -> float:
     return sum(len(w) for w, c in zip(words, covered) if c) / total_chars
 
 
-def _has_dup_ngrams(words: list[str], word_chars: int, o: CleanOptions) -> bool:
+def _has_dup_ngrams(words: list[str], word_chars: int, options: CleanOptions) -> bool:
     if len(words) <= 5:
         return False
     # no repeated 5-gram means no repeated longer n-gram either: one C-speed test for most documents
     if len(set(zip(words, words[1:], words[2:], words[3:], words[4:]))) == len(words) - 4:
         return False
-    return any(_dup_ngram_char_frac(words, n, word_chars) > o.max_dup_ngram_frac - 0.01 * (n - 5)
+    return any(_dup_ngram_char_frac(words, n, word_chars) > options.max_dup_ngram_frac - 0.01 * (n - 5)
                for n in range(5, 11))
 
 
 def quality_reason(text: str, options: CleanOptions | None = None) -> str | None:
-    """The Gopher-style rule a document breaks (see the module docstring), or None."""
+    """The first of Gopher's quality rules (loosened where noted) a document breaks, or None:
+      too_short, too_long  under --min_chars (20) or over --max_chars (500,000) characters
+      too_few_words        under --min_words (5) words (Gopher: 50; one-line documents are common here)
+      mean_word_length     outside [2, 10] characters (Gopher: [3, 10])
+      non_alpha            over --max_non_alpha (0.4) of the non-space characters are not letters
+                           (a per-character form of Gopher's "80% of words contain a letter")
+      dup_lines            over 30% of the non-empty lines, or 20% of the characters, are repeated lines
+      dup_ngrams           repeated word n-grams cover over 15% (n=5), 14%, ... 10% (n=10) of the
+                           word characters (Gopher's thresholds)"""
     o = options or CleanOptions()
     if len(text) < o.min_chars:
         return "too_short"
@@ -252,7 +236,8 @@ def quality_reason(text: str, options: CleanOptions | None = None) -> str | None
 
 
 def filters_apply(options: CleanOptions, kind: str) -> bool:
-    """Whether the quality filters judge a document of this kind (text, chat or instruction)."""
+    """Whether the quality filters judge a document of this kind (text, chat or instruction). "auto"
+    judges plain text only: in chat and instruction records short answers and numbers are normal."""
     return options.quality_filters == "on" or (options.quality_filters == "auto" and kind == "text")
 
 
@@ -274,7 +259,7 @@ def clean_text(text: str, options: CleanOptions | None = None, kind: str = "text
 # ---------------------------------------------------------------------------- fingerprints and dedup
 
 def exact_hash(doc: str) -> int:
-    """64-bit fingerprint of the document with whitespace runs collapsed (case kept)."""
+    """64-bit blake2b fingerprint of the document with whitespace runs collapsed (case kept)."""
     key = " ".join(doc.split()).encode("utf-8")
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
@@ -299,7 +284,10 @@ def _minhash_params(perms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def minhash_band_keys(text: str, options: CleanOptions | None = None) -> np.ndarray:
-    """LSH band keys (lsh_bands uint64) of the MinHash signature of the lowercased word shingles."""
+    """LSH band keys (lsh_bands uint64) of the MinHash signature of the lowercased word 5-grams.
+    With 128 permutations in 16 bands of 8 rows, a pair of documents shares a key with probability
+    6% at Jaccard similarity 0.5, 62% at 0.7, 95% at 0.8 and ~100% at 0.9. The keys take 128 bytes
+    per kept document: 12.8 GB per 100M documents."""
     o = options or CleanOptions()
     a, b, mult = _minhash_params(o.minhash_perms)
     words = text.lower().split() or [""]
@@ -319,7 +307,8 @@ def minhash_band_keys(text: str, options: CleanOptions | None = None) -> np.ndar
 
 class HashIndex:
     """A set of uint64 hashes in 8 bytes each: sorted numpy runs, merged like a binary counter
-    (O(log n) runs), so a lookup is a few np.searchsorted calls."""
+    (O(log n) runs), so a lookup is a few np.searchsorted calls. 0.8 GB per 100M hashes (1.6 GB for
+    a moment while the largest runs merge), where a Python set of the same ints takes about 7 GB."""
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib  # noqa: F401  (required: the demo draws loss_curve.png with it)
 import numpy as np
 import pytest
 
@@ -68,7 +69,6 @@ def test_demo_quick_builds_every_step_resumes_and_reuses(tmp_path):
     assert (folder / "pytorch_model.bin").stat().st_size > 100_000
     metrics = [json.loads(line) for line in (ck / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == state["step"]
-    pytest.importorskip("matplotlib")
     assert (ck / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the report: the seed's table answered by this model, held-out accuracy, loss, time, curve
@@ -76,6 +76,7 @@ def test_demo_quick_builds_every_step_resumes_and_reuses(tmp_path):
     report = second.stdout
     assert report == "\n" + (out / "results.md").read_text()
     assert "| Prompt | Seed's output" in report
+    assert len(results["seed_table"]) == 2  # the seed's two prompts, each answered
     for row in results["seed_table"]:
         assert row["verdict"] in ("exact", "correct", "wrong")
         assert f"| \"{row['prompt']}\" | \"{row['seed']}\" |" in report
@@ -98,6 +99,14 @@ def test_demo_quick_builds_every_step_resumes_and_reuses(tmp_path):
     assert "evaluate" in fourth.stderr and "results.json matches the checkpoint" in fourth.stderr
     table = lambda s: s[s.index("| Prompt"):s.index("Final loss")]  # noqa: E731
     assert table(fourth.stdout) == table(report)
+
+
+def test_generate_py_agreement_needs_every_answer():
+    import demo
+    assert demo.same_answers(["Paris.", "ML."], ["Paris.", "ML."])
+    assert not demo.same_answers(["Paris.", "ML."], ["Paris.", "ml."])
+    assert not demo.same_answers([], [])  # nothing compared is no agreement
+    assert not demo.same_answers(["Paris."], ["Paris.", "ML."])
 
 
 def test_demo_rejects_bad_flags(tmp_path):

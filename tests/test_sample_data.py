@@ -130,7 +130,7 @@ def test_heldout_facts_seen_and_unseen_as_declared(corpus, records):
             assert item.reference in answers  # the fact itself is taught
         else:  # the pair is absent from training in any phrasing
             a, op, b = operands.groups()
-            sym = sd.OPS[op][0]
+            sym = sd.OPS[op].symbol
             assert not re.search(rf"(?<!\d){a} (?:{op}|{re.escape(sym)}) {b}(?!\d)", user_text), item.prompt
     assert sum(i.split == "unseen_fact" for i in items) >= 50
     assert len({i.id for i in items}) == len(items)
