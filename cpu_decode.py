@@ -1,22 +1,16 @@
 """Faster decoding of a few rows on the CPU, used by generate.py.
 
-Why. Decoding one token of one sequence multiplies a single row by every weight matrix, so a step
-is bound by reading the weights from memory. nn.Linear keeps its weight as (out, in); on the CPU,
-MKL's one-row product reads an (in, out) matrix (HuggingFace GPT-2's Conv1D layout) 1.2x faster
-for a block's matrices and 1.7x faster for the output head (fp32, 1-3 rows; measured in
-bench/results/generate.md). From 4 rows on, MKL switches to a matrix-matrix kernel and the
-layout stops mattering.
+A decoding step multiplies one row per sequence by every weight matrix, so it is bound by reading
+the weights. nn.Linear keeps its weight as (out, in); on the CPU, MKL's product of 1-3 rows reads an
+(in, out) matrix (HuggingFace GPT-2's Conv1D layout) faster: 1.2x over a block's matrices, 1.7x for
+the output head (fp32; bench/results/generate.md). From 4 rows on MKL switches to a matrix-matrix
+kernel and the layout stops mattering.
 
-How. `decode_layout(model)` is a context manager: inside it, every nn.Linear of the model
-multiplies inputs of at most SMALL_ROWS rows by a transposed, contiguous copy of its weight. Larger
-inputs (prefill), calls outside torch.inference_mode (the caller's own code while generate.py's
-generator is paused, say), other devices and other dtypes go through nn.Linear as usual; outside
-the context the model is untouched. The copies cost memory: 0.8x the model's weights (438 MB for
-gpt2_small at a 32k vocabulary, fp32). Each is made at its layer's first few-row call (0.3 s in
-all for gpt2_small) and kept for later calls while the weight keeps its values, compared in full
-at the start of every call (0.09 s for gpt2_small; PyTorch's version counter would be cheaper but
-misses writes through .data); the copies are freed with the model. Set ENABLED = False to give
-that memory back at the old speed.
+Inside `decode_layout(model)`, every nn.Linear multiplies inputs of at most SMALL_ROWS rows by a
+transposed, contiguous copy of its weight; prefill, calls outside torch.inference_mode, other
+devices and dtypes go through nn.Linear as usual. The copies take 0.8x the weights' memory (438 MB
+for gpt2_small at a 32k vocabulary), are made at each layer's first few-row call and freed with the
+model; ENABLED = False gives that memory back at the old speed.
 """
 from __future__ import annotations
 
@@ -35,21 +29,15 @@ _copies: "weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]]" = weakr
 
 
 def _same_values(weight_t: torch.Tensor, weight: torch.Tensor, rows: int = 512) -> bool:
-    """weight_t.t() == weight, compared in blocks of rows that stay in cache (a whole transposed
-    compare is 3.5x slower). Exact, so writes through .data (which leave PyTorch's version counter
-    alone) are seen too; a changed weight differs in its first block and costs next to nothing."""
+    """weight_t.t() == weight, exactly, in blocks of rows that stay in cache (3.5x faster than one
+    transposed compare). PyTorch's version counter would be cheaper but misses writes through .data."""
     w = weight.detach()
     return weight_t.shape == w.shape[::-1] and all(
         torch.equal(weight_t[:, i:i + rows].t(), w[i:i + rows]) for i in range(0, w.size(0), rows))
 
 
-def _drop_stale(cache: dict[str, torch.Tensor], linears: list[tuple[str, nn.Linear]]) -> None:
-    for name, linear in linears:
-        if name in cache and not _same_values(cache[name], linear.weight):
-            del cache[name]
-
-
-def _few_rows_linear(linear: nn.Linear, cache: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+def _few_rows_linear(linear: nn.Linear, cache: dict[str, torch.Tensor], name: str,
+                     x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.size(-1)
     if rows > SMALL_ROWS or x.dtype != linear.weight.dtype or not torch.is_inference_mode_enabled():
         return F.linear(x, linear.weight, linear.bias)
@@ -71,7 +59,9 @@ def decode_layout(model: nn.Module) -> Iterator[None]:
         return
     cache = _copies.setdefault(model, {})
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    _drop_stale(cache, linears)
+    for name, linear in linears:  # the copy of a changed weight goes (exact compare: 0.09 s for gpt2_small)
+        if name in cache and not _same_values(cache[name], linear.weight):
+            del cache[name]
     for name, linear in linears:
         linear.forward = functools.partial(_few_rows_linear, linear, cache, name)
     try:

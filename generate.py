@@ -4,36 +4,19 @@ a chat REPL.
     python generate.py --checkpoint_dir checkpoints --prompt "What is the capital of France?"
     python generate.py --checkpoint_dir checkpoints --chat
 
-How it runs. The prompt goes through the model once (prefill) and fills the model's KV cache; each
-new token is then one forward pass over one position per row. The model is unwrapped first
-(torch.compile / DDP), put in eval mode (restored afterwards), and run under torch.inference_mode,
-on its own device; on CUDA under bf16 autocast (fp16 where the GPU lacks bf16). On a CPU it runs in
-the model's dtype (fp32): decoding is memory-bound there and autocast would re-cast every weight
-at every step.
-
-Sliding window. A row whose context would pass block_size keeps its last `window_keep(block_size)`
-(3/4 of block_size) tokens, is prefilled again, and goes on; generation never stops for length.
-
-Batches. Prompts of different lengths are left-padded (KVCache pad_lens); every row has its own
-window and its own torch.Generator seeded `seed + row`, and finished rows leave the batch, so
-`generate_text([p0, p1], seed=s)` equals `[generate_text(p0, seed=s), generate_text(p1, seed=s+1)]`.
-With seed=None the base seed is drawn from torch's global RNG (torch.manual_seed reproduces it).
-
-Text. `generate_text` returns the completion only: the new tokens decoded up to, not including, the
-first stop token (<|endoftext|>; in chat mode any special token) or the first `stop` string.
-Chat mode (chat=None: on when the tokenizer has <|assistant|>) wraps a bare prompt as
-`<|user|>{prompt}\\n<|assistant|>` and returns only the reply. The chat format ends every message
-with "\\n" before the next <|role|> token; that one separator newline is not part of the reply
-(it is dropped when the reply ends at a special token). Streamed pieces never split a UTF-8
-character and always join to exactly the returned text.
+`prefill` runs the prompts through the model into a KV cache; then each step `sample_next` draws one
+token per `Row` and `decode_one` feeds them back. Prompts of different lengths are left-padded,
+finished rows leave the batch, and a full window slides (`window_keep`), so generation never stops
+for length. `TextStream` turns a row's ids into text pieces, cut at stop tokens and `stop` strings.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -41,43 +24,40 @@ import torch.nn as nn
 from common import ArgParser, UserError, cli_main, cuda_has_native_bf16, pick_device, resolve_checkpoint_dir
 from cpu_decode import decode_layout
 from import_hf import load_model
-from model import KVCache, unwrap_model
+from model import KVCache, TransformerLanguageModel, unwrap_model
+from tokenizer import CHAT_SPECIAL_TOKENS, EOT_TOKEN, REPLACEMENT_CHAR
 
-EOT_TOKEN = "<|endoftext|>"
-EOT_ID = 0  # DESIGN.md: <|endoftext|> is id 0 in every tokenizer
-CHAT_ROLE_TOKENS = ("<|user|>", "<|assistant|>", "<|system|>")
-REPLACEMENT_CHAR = "\ufffd"
+# Every tokenizer of this repo lists <|endoftext|> as its first token, so its id is 0 whatever the
+# vocabulary: the id-level code below can pad with it and stop on it without seeing a tokenizer.
+EOT_ID = 0
 
+
+# ---------------------------------------------------------------------------- token ids
 
 def window_keep(block_size: int) -> int:
     """Tokens a row keeps when its context would pass block_size (then it is prefilled again)."""
     return max(1, block_size * 3 // 4)
 
 
-def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float,
-                    repetition_penalty: float) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise UserError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
-    if temperature < 0:
-        raise UserError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 0:
-        raise UserError(f"top_k={top_k} must be >= 1 (or 0/None for no top-k filter)")
-    if not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p={top_p} must be in (0, 1] (1 = no nucleus filter)")
-    if repetition_penalty <= 0:
-        raise UserError(f"repetition_penalty={repetition_penalty} must be > 0 (1 = off, 1.1-1.3 is typical)")
+class Sampling(NamedTuple):
+    """sample_next's settings, in its argument order."""
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
 
-
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
-    return p.device, p.dtype
-
-
-def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
-        return torch.autocast("cuda", dtype=dtype), dtype
-    return contextlib.nullcontext(), None
+    def check(self, max_new_tokens: int) -> None:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise UserError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+        if self.temperature < 0:
+            raise UserError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"top_k={self.top_k} must be >= 1 (or 0/None for no top-k filter)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top_p={self.top_p} must be in (0, 1] (1 = no nucleus filter)")
+        if self.repetition_penalty <= 0:
+            raise UserError(f"repetition_penalty={self.repetition_penalty} must be > 0 "
+                            f"(1 = off, 1.1-1.3 is typical)")
 
 
 def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], temperature: float = 1.0,
@@ -95,7 +75,7 @@ def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], tem
         return logits.argmax(dim=-1).tolist()
     logits = logits / temperature
     if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if top_p < 1.0:
@@ -105,114 +85,124 @@ def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], tem
     return [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(generators)]
 
 
+@dataclass
+class Row:
+    """One sequence of a batch. Row b samples from its own generator seeded seed + b, so a batch
+    row gives exactly what the same prompt alone gives with that seed."""
+    index: int                        # place in the batch
+    ids: list[int]                    # prompt, then the new ids
+    rng: torch.Generator
+    start: int = 0                    # the model sees ids[start:] (the sliding window)
+    seen: torch.Tensor | None = None  # (V,) bool: ids already in the row (repetition penalty only)
+    done: bool = False                # set after a stop id, or by the caller (a stop string)
+
+    def slide(self, block_size: int) -> bool:
+        """When the window has grown past block_size, keep its last window_keep ids; True if moved."""
+        if len(self.ids) - self.start <= block_size:
+            return False
+        self.start = len(self.ids) - window_keep(block_size)
+        return True
+
+
+def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
+    # CUDA: bf16 where the GPU has it natively, else fp16. A CPU runs in the model's dtype (fp32):
+    # decoding is memory-bound there and autocast would re-cast every weight at every step.
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
+        return torch.autocast("cuda", dtype=dtype), dtype
+    return contextlib.nullcontext(), None
+
+
 @contextlib.contextmanager
 def _decoding(model: nn.Module) -> Iterator[None]:
     """Eval mode (the previous mode restored afterwards) and cpu_decode's weight layout: on the CPU,
     1-3 rows are multiplied by (in, out) copies of the weights, 1.2-1.7x faster."""
     was_training = model.training
-    model.eval()
     try:
-        with decode_layout(model):
+        with decode_layout(model.eval()):
             yield
     finally:
         model.train(was_training)
 
 
-def _generate_steps(model: nn.Module, rows: Sequence[Sequence[int]], max_new_tokens: int,
-                    temperature: float, top_k: int | None, top_p: float, repetition_penalty: float,
-                    stop_ids: set[int], seed: int | None, finished: list[bool], use_cache: bool = True,
-                    vocab_limit: int | None = None) -> Iterator[list[int | None]]:
-    """Yields, once per step, the new token of every row (None for rows already finished). A row
-    finishes on a token in stop_ids, or when the caller sets finished[row] = True between steps."""
+def prefill(model: TransformerLanguageModel, rows: Sequence[Row], room: int, cache_dtype: torch.dtype,
+            use_cache: bool = True) -> tuple[torch.Tensor, KVCache | None]:
+    """Every row's window through the model, left-padded with <|endoftext|> to the longest, into a
+    new KV cache with `room` slots to spare; returns the last position's logits (N, V) and the
+    cache. use_cache=False keeps no cache (a ragged batch still uses one for its padding mask)."""
+    windows = [r.ids[r.start:] for r in rows]
+    W = max(map(len, windows))
+    pads = [W - len(w) for w in windows]
+    idx = torch.tensor([[EOT_ID] * p + w for p, w in zip(pads, windows)],
+                       device=next(model.parameters()).device)  # (N, W)
+    if not use_cache and not any(pads):
+        return model(idx, last_only=True)[0][:, -1], None
+    max_len = min(model.config.block_size, W + (room if use_cache else 0))
+    cache = KVCache(model.config, len(rows), device=idx.device, dtype=cache_dtype, max_len=max_len,
+                    pad_lens=pads if any(pads) else None)
+    logits, _ = model(idx, kv_cache=cache, last_only=True)
+    return logits[:, -1], cache if use_cache else None
+
+
+def decode_one(model: TransformerLanguageModel, rows: Sequence[Row], cache: KVCache) -> torch.Tensor:
+    """Each row's newest id through the KV cache; returns the next logits (N, V)."""
+    idx = torch.tensor([[r.ids[-1]] for r in rows], device=cache.kv.device)  # (N, 1)
+    logits, _ = model(idx, kv_cache=cache, last_only=True)
+    return logits[:, -1]
+
+
+def generate_steps(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
+                   stop_ids: set[int], seed: int | None = None, *, use_cache: bool = True,
+                   vocab_limit: int | None = None) -> Iterator[list[Row]]:
+    """Yields, once per step, the rows that got a new id (their ids[-1]). A row stops after an id
+    in stop_ids, or when the caller sets row.done between steps. vocab_limit: sample only ids below
+    it (a tokenizer smaller than the model's vocabulary). seed=None draws one from torch's global
+    RNG, so torch.manual_seed before the call reproduces the run."""
     m = unwrap_model(model)
-    cfg = m.config
-    device, param_dtype = _model_device_dtype(m)
+    cfg, device = m.config, next(m.parameters()).device
     amp, amp_dtype = _autocast(device)
-    cache_dtype = amp_dtype or param_dtype
-    block, keep = cfg.block_size, window_keep(cfg.block_size)
-    V = cfg.vocab_size
-    limit = min(V, vocab_limit or V)
-    seqs = [[int(t) for t in r] or [EOT_ID] for r in rows]  # an empty prompt starts from <|endoftext|>
-    for s in seqs:
-        bad = [t for t in s if not 0 <= t < V]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {V}: "
-                             f"the tokenizer does not match this model")
-    starts = [len(s) - keep if len(s) > block else 0 for s in seqs]  # each row's window
-    B = len(seqs)
-    if max_new_tokens == 0 or B == 0:
+    cache_dtype = amp_dtype or next(m.parameters()).dtype
+    limit = min(cfg.vocab_size, vocab_limit or cfg.vocab_size)
+    prompts = [[int(t) for t in p] or [EOT_ID] for p in prompts]  # an empty prompt starts from <|endoftext|>
+    bad = next((t for p in prompts for t in p if not 0 <= t < cfg.vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is outside the model's vocabulary of {cfg.vocab_size}: "
+                         f"the tokenizer does not match this model")
+    if max_new_tokens == 0 or not prompts:
         return
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
-    gens = [torch.Generator(device=device).manual_seed((seed + b) % 2**63) for b in range(B)]
-    state: dict = {"cache": None, "generated": 0}
-
-    def prefill(active: list[int]) -> torch.Tensor:
-        ctxs = [seqs[b][starts[b]:] for b in active]
-        W = max(len(c) for c in ctxs)
-        pads = [W - len(c) for c in ctxs]
-        idx = torch.tensor([[EOT_ID] * p + c for p, c in zip(pads, ctxs)], device=device)
-        state["cache"] = None
-        with amp:
-            if not use_cache and not any(pads):
-                logits, _ = m(idx, last_only=True)
-            else:
-                future = max(0, max_new_tokens - state["generated"] - 1) if use_cache else 0
-                cache = KVCache(cfg, len(active), device=device, dtype=cache_dtype, max_len=min(block, W + future),
-                                pad_lens=pads if any(pads) else None)
-                logits, _ = m(idx, kv_cache=cache, last_only=True)
-                state["cache"] = cache if use_cache else None
-        return logits[:, -1, :limit]
-
-    def decode_one(active: list[int]) -> torch.Tensor:
-        idx = torch.tensor([[seqs[b][-1]] for b in active], device=device)
-        with amp:
-            logits, _ = m(idx, kv_cache=state["cache"], last_only=True)
-        return logits[:, -1, :limit]
-
-    with _decoding(m):
-        active = [b for b in range(B) if not finished[b]]
+    rows = [Row(b, p, torch.Generator(device=device).manual_seed((seed + b) % 2**63))
+            for b, p in enumerate(prompts)]
+    if sampling.repetition_penalty != 1.0:
         with torch.inference_mode():
-            seen = None
-            if repetition_penalty != 1.0:
-                seen = torch.zeros(B, limit, dtype=torch.bool, device=device)
-                for b, s in enumerate(seqs):
-                    seen[b, torch.tensor([t for t in s if t < limit], dtype=torch.long, device=device)] = True
-            logits = prefill(active) if active else None
+            for r in rows:
+                r.seen = torch.zeros(limit, dtype=torch.bool, device=device)
+                r.seen[torch.tensor([t for t in r.ids if t < limit], dtype=torch.long, device=device)] = True
+    with _decoding(m):
+        active, cache = [], None
         for step in range(max_new_tokens):
-            if not active:
-                return
-            with torch.inference_mode():
-                tokens = sample_next(logits, [gens[b] for b in active], temperature, top_k, top_p,
-                                     repetition_penalty, None if seen is None else seen[active])
-                if seen is not None:
-                    seen[active, tokens] = True
-            out: list[int | None] = [None] * B
-            for b, t in zip(active, tokens):
-                seqs[b].append(t)
-                out[b] = t
-                if t in stop_ids:
-                    finished[b] = True
-            state["generated"] = step + 1
-            yield out  # the caller may mark more rows finished here (stop strings)
-            if step + 1 == max_new_tokens:
-                return
-            still = [b for b in active if not finished[b]]
+            still = [r for r in rows if not r.done]
             if not still:
                 return
             with torch.inference_mode():
-                cache = state["cache"]
-                if len(still) < len(active) and cache is not None:  # finished rows leave the batch
-                    rows_kept = torch.tensor([active.index(b) for b in still], device=device)
-                    cache.select_rows(rows_kept)
+                if cache is not None and len(still) < len(active):  # finished rows leave the batch
+                    cache.select_rows(torch.tensor([i for i, r in enumerate(active) if not r.done], device=device))
                 active = still
-                overflow = [b for b in active if len(seqs[b]) - starts[b] > block]
-                for b in overflow:
-                    starts[b] = len(seqs[b]) - keep
-                if cache is None or overflow or cache.pos + 1 > cache.max_len:
-                    logits = prefill(active)
-                else:
-                    logits = decode_one(active)
+                moved = [r.slide(cfg.block_size) for r in active]  # a list, not any(): every row slides
+                with amp:
+                    if cache is None or any(moved) or cache.pos + 1 > cache.max_len:  # none, slid or full
+                        logits, cache = prefill(m, active, max_new_tokens - step - 1, cache_dtype, use_cache)
+                    else:
+                        logits = decode_one(m, active, cache)
+                seen = torch.stack([r.seen for r in active]) if active[0].seen is not None else None  # (N, V)
+                tokens = sample_next(logits[:, :limit], [r.rng for r in active], *sampling, seen=seen)
+                for r, t in zip(active, tokens):
+                    r.ids.append(t)
+                    r.done = t in stop_ids
+                    if r.seen is not None:
+                        r.seen[t] = True
+            yield active  # the caller may set row.done here (a stop string)
 
 
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -224,44 +214,37 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
     the row is then padded with that id); None = (<|endoftext|> = 0,); () never stops early.
     The result has T + n columns, n = the steps taken (< max_new_tokens only when every row
     stopped). use_cache=False recomputes the whole window every step (a baseline)."""
-    _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    squeeze = idx.dim() == 1
-    rows = idx.view(1, -1) if squeeze else idx
-    if rows.dim() != 2:
+    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+    sampling.check(max_new_tokens)
+    prompts = idx.view(1, -1) if idx.dim() == 1 else idx
+    if prompts.dim() != 2:
         raise ValueError(f"idx must be (B, T) or (T,), got shape {tuple(idx.shape)}")
-    eos = {EOT_ID} if eos_ids is None else ({int(eos_ids)} if isinstance(eos_ids, int) else {int(e) for e in eos_ids})
-    B = rows.size(0)
-    finished = [False] * B
-    new: list[list[int]] = [[] for _ in range(B)]
-    for out in _generate_steps(model, rows.tolist(), max_new_tokens, temperature, top_k, top_p,
-                               repetition_penalty, eos, seed, finished, use_cache=use_cache):
-        for b, t in enumerate(out):
-            if t is not None:
-                new[b].append(t)
-    n = max((len(r) for r in new), default=0)
+    eos = {EOT_ID} if eos_ids is None else {eos_ids} if isinstance(eos_ids, int) else set(map(int, eos_ids))
+    new: list[list[int]] = [[] for _ in range(prompts.size(0))]
+    for rows in generate_steps(model, prompts.tolist(), max_new_tokens, sampling, eos, seed, use_cache=use_cache):
+        for r in rows:
+            new[r.index].append(r.ids[-1])
+    n = max(map(len, new), default=0)
     new = [r + r[-1:] * (n - len(r)) for r in new]  # a row that stopped early repeats its stop token
-    result = torch.cat([rows.to("cpu", torch.long), torch.tensor(new, dtype=torch.long).view(B, n)], dim=1)
-    result = result.to(idx.device)
-    return result[0] if squeeze else result
+    out = torch.cat([prompts.to("cpu", torch.long), torch.tensor(new, dtype=torch.long).view(len(new), n)], dim=1)
+    out = out.to(idx.device)
+    return out[0] if idx.dim() == 1 else out
 
 
 # ---------------------------------------------------------------------------- text
 
-class _TextAssembler:
-    """One row's new token ids -> text. Holds back an incomplete UTF-8 character (a trailing
-    U+FFFD from decoding), any tail that could start a stop string, and in chat mode a trailing
-    newline, so that the pieces it releases join to exactly the final completion."""
+class TextStream:
+    """One row's new ids -> text pieces that join to exactly its final `completion`. It holds back
+    an incomplete UTF-8 character (decoded as a trailing U+FFFD), any tail that could start a stop
+    string, and in chat mode a trailing newline (see `finish`)."""
 
     def __init__(self, tokenizer, stops: Sequence[str], strip_newline: bool) -> None:
-        self.tokenizer = tokenizer
-        self.stops = [s for s in stops if s]
-        self.strip_newline = strip_newline
-        self.ids: list[int] = []
-        self.text = ""          # decoded so far (complete characters only until finish)
-        self.emitted = 0        # text[:emitted] has been released
-        self.end: int | None = None  # set once the completion is final
-        self._pending: list[int] = []  # ids since the last clean character boundary
-        self._pending_text = ""
+        self.tokenizer, self.stops, self.strip_newline = tokenizer, [s for s in stops if s], strip_newline
+        self.text = ""  # decoded so far (complete characters only until finish)
+        self.emitted = 0  # text[:emitted] has been released
+        self.end: int | None = None  # the completion is text[:end], once known
+        self._ids: list[int] = []  # the ids since the last clean character boundary, and their text
+        self._ids_text = ""
 
     @property
     def done(self) -> bool:
@@ -269,131 +252,113 @@ class _TextAssembler:
 
     @property
     def completion(self) -> str:
-        return self.text[:self.end if self.end is not None else self.emitted]
+        return self.text[:self.emitted if self.end is None else self.end]
 
-    def _decode_pending(self, final: bool) -> None:
-        full = self.tokenizer.decode(self._pending)
+    def _decode(self, final: bool) -> None:
+        full = self.tokenizer.decode(self._ids)
         stable = full if final else full.rstrip(REPLACEMENT_CHAR)
-        if len(stable) > len(self._pending_text):
-            self.text += stable[len(self._pending_text):]
-            self._pending_text = stable
-        if stable == full and len(self._pending) >= 16:  # a clean boundary: restart the buffer
-            self._pending, self._pending_text = [], ""
+        if len(stable) > len(self._ids_text):
+            self.text += stable[len(self._ids_text):]
+            self._ids_text = stable
+        if stable == full and len(self._ids) >= 16:  # a clean boundary: restart the buffer
+            self._ids, self._ids_text = [], ""
 
     def _release(self, upto: int) -> str:
-        piece = self.text[self.emitted:upto] if upto > self.emitted else ""
+        piece = self.text[self.emitted:upto]
         self.emitted = max(self.emitted, upto)
         return piece
 
     def _find_stop(self) -> int | None:
-        hits = [i for s in self.stops if (i := self.text.find(s, self.emitted)) != -1]
-        return min(hits) if hits else None
+        return min((i for s in self.stops if (i := self.text.find(s, self.emitted)) != -1), default=None)
 
     def push(self, token_id: int) -> str:
         """Add one generated id; return the text that became final (may be empty)."""
         if self.done:
             return ""
-        self.ids.append(token_id)
-        self._pending.append(token_id)
-        self._decode_pending(final=False)
-        stop_at = self._find_stop()
-        if stop_at is not None:
+        self._ids.append(token_id)
+        self._decode(final=False)
+        if (stop_at := self._find_stop()) is not None:
             self.end = stop_at
             return self._release(stop_at)
-        text, hold = self.text, 0
-        for s in self.stops:  # longest tail that is a prefix of a stop string
-            for k in range(min(len(s) - 1, len(text) - self.emitted), hold, -1):
-                if text.endswith(s[:k]):
+        hold = int(self.strip_newline and self.text.endswith("\n"))
+        for s in self.stops:  # the longest tail that could start a stop string
+            for k in range(min(len(s) - 1, len(self.text) - self.emitted), hold, -1):
+                if self.text.endswith(s[:k]):
                     hold = k
                     break
-        if self.strip_newline and text.endswith("\n"):
-            hold = max(hold, 1)
-        return self._release(len(text) - hold)
+        return self._release(len(self.text) - hold)
 
     def finish(self, at_stop_token: bool) -> str:
         """Close the row (a stop token, or out of steps); return the rest of the completion."""
         if self.done:
             return ""
-        self._decode_pending(final=True)
+        self._decode(final=True)
         end = self._find_stop()
-        if end is None:
-            end = len(self.text)
-            if at_stop_token and self.strip_newline and self.text.endswith("\n"):
-                end -= 1  # the chat format's separator before the next <|role|>
+        if end is None:  # the chat format ends each message with "\n" before the next <|role|>:
+            at_separator = at_stop_token and self.strip_newline and self.text.endswith("\n")
+            end = len(self.text) - at_separator  # that separator is not part of the reply
         self.end = end
         return self._release(end)
-
-
-def _stop_token_ids(tokenizer, chat: bool) -> set[int]:
-    names = [EOT_TOKEN]
-    if chat:
-        names += list(CHAT_ROLE_TOKENS) + list(getattr(tokenizer, "special_tokens", []) or [])
-    ids = {tokenizer.token_to_id(t) for t in names}
-    eot = getattr(tokenizer, "eot_token_id", None)
-    return {i for i in ids | {eot} if i is not None}
 
 
 def has_chat_tokens(tokenizer) -> bool:
     return tokenizer.token_to_id("<|assistant|>") is not None and tokenizer.token_to_id("<|user|>") is not None
 
 
+def _stop_token_ids(tokenizer, chat: bool) -> set[int]:
+    names = [EOT_TOKEN]
+    if chat:  # a reply ends at the next special token of any kind
+        names += CHAT_SPECIAL_TOKENS + list(getattr(tokenizer, "special_tokens", None) or [])
+    ids = {tokenizer.token_to_id(t) for t in names} | {getattr(tokenizer, "eot_token_id", None)}
+    return ids - {None}
+
+
 def _render_prompt(prompt: str, chat: bool) -> str:
-    if chat and not any(t in prompt for t in CHAT_ROLE_TOKENS):  # a bare prompt: one user turn
+    if chat and not any(t in prompt for t in CHAT_SPECIAL_TOKENS):  # a bare prompt: one user turn
         from tokenizer_bpe import render_chat
 
         return render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
     return prompt
 
 
-class _TextJob:
-    """Prompts -> (rendered prompt, completion) for each row, with streamed pieces on the way."""
+def _start_text(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, sampling: Sampling,
+                stop: str | Sequence[str] | None, seed: int | None, chat: bool | None,
+                device: str | torch.device | None) -> tuple[list[str], list[TextStream], Iterator[str]]:
+    """Checks the arguments; returns the prompts as fed to the model, one TextStream per prompt
+    (their completions are final once the pieces are consumed) and the pieces, which run the model."""
+    sampling.check(max_new_tokens)
+    if not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompt must be a str or a list of str")
+    if device is not None:
+        model.to(device)
+    if chat is None:
+        chat = has_chat_tokens(tokenizer)
+    elif chat and not has_chat_tokens(tokenizer):
+        raise UserError("chat=True needs a tokenizer with <|user|> and <|assistant|> tokens "
+                        "(train it on chat data); use chat=False for plain text")
+    rendered = [_render_prompt(p, chat) for p in prompts]
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    texts = [TextStream(tokenizer, stops, strip_newline=chat) for _ in prompts]
+    pieces = _text_pieces(model, tokenizer, rendered, texts, _stop_token_ids(tokenizer, chat), max_new_tokens,
+                          sampling, seed)
+    return rendered, texts, pieces
 
-    def __init__(self, model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
-                 temperature: float, top_k: int | None, top_p: float, repetition_penalty: float,
-                 stop: str | Sequence[str] | None, seed: int | None, chat: bool | None,
-                 device: str | torch.device | None) -> None:
-        _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompt must be a str or a list of str")
-        if device is not None:
-            model.to(device)
-        if chat is None:
-            chat = has_chat_tokens(tokenizer)
-        elif chat and not has_chat_tokens(tokenizer):
-            raise UserError("chat=True needs a tokenizer with <|user|> and <|assistant|> tokens "
-                            "(train it on chat data); use chat=False for plain text")
-        self.model, self.tokenizer, self.chat = model, tokenizer, chat
-        self.sampling = (temperature, top_k, top_p, repetition_penalty)
-        self.max_new_tokens, self.seed = max_new_tokens, seed
-        self.rendered = [_render_prompt(p, chat) for p in prompts]
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        self.stop_ids = _stop_token_ids(tokenizer, chat)
-        self.rows = [_TextAssembler(tokenizer, stops, strip_newline=chat) for _ in prompts]
 
-    def pieces(self) -> Iterator[tuple[int, str]]:
-        """(row, text) pieces as they become final; afterwards `completions` holds the results."""
-        encode_batch = getattr(self.tokenizer, "encode_batch", None)
-        ids = encode_batch(self.rendered) if encode_batch else [self.tokenizer.encode(p) for p in self.rendered]
-        finished = [False] * len(self.rows)
-        steps = _generate_steps(self.model, ids, self.max_new_tokens, *self.sampling, stop_ids=self.stop_ids,
-                                seed=self.seed, finished=finished, vocab_limit=self.tokenizer.vocab_size)
-        for out in steps:
-            for b, t in enumerate(out):
-                if t is None:
-                    continue
-                row = self.rows[b]
-                piece = row.finish(at_stop_token=True) if t in self.stop_ids else row.push(t)
-                finished[b] = row.done
-                if piece:
-                    yield b, piece
-        for b, row in enumerate(self.rows):
-            piece = row.finish(at_stop_token=False)
+def _text_pieces(model: nn.Module, tokenizer, prompts: list[str], texts: list[TextStream], stop_ids: set[int],
+                 max_new_tokens: int, sampling: Sampling, seed: int | None) -> Iterator[str]:
+    encode_batch = getattr(tokenizer, "encode_batch", None)
+    ids = encode_batch(prompts) if encode_batch else [tokenizer.encode(p) for p in prompts]
+    for rows in generate_steps(model, ids, max_new_tokens, sampling, stop_ids, seed,
+                               vocab_limit=tokenizer.vocab_size):
+        for row in rows:
+            text, token = texts[row.index], row.ids[-1]
+            piece = text.finish(at_stop_token=True) if token in stop_ids else text.push(token)
+            row.done = text.done  # a stop string ends the row too
             if piece:
-                yield b, piece
-
-    @property
-    def completions(self) -> list[str]:
-        return [row.completion for row in self.rows]
+                yield piece
+    for text in texts:  # the rows still open ran out of steps
+        if piece := text.finish(at_stop_token=False):
+            yield piece
 
 
 def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[str], max_new_tokens: int = 100,
@@ -404,25 +369,25 @@ def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[str], max_
                   device: str | torch.device | None = None) -> str | list[str]:
     """Complete `prompt` (a str, or a list of str run as one left-padded batch; row b uses seed + b).
 
-    Returns the completion: the new tokens decoded up to, not including, the first stop token or
-    `stop` string (return_prompt=True: the prompt as fed to the model, chat wrapping included,
-    followed by the completion). temperature=0 is greedy. chat=None: chat mode when the tokenizer
-    has <|assistant|> (see the module docstring). stream: called with each text piece as it is
-    produced (single prompt only). device: moves the model there first; default the model's own."""
+    Returns the completion: the new tokens decoded up to, not including, the first stop token
+    (<|endoftext|>; in chat mode any special token) or `stop` string (return_prompt=True: the prompt
+    as fed to the model, chat wrapping included, then the completion). temperature=0 is greedy.
+    chat=None: chat mode when the tokenizer has <|assistant|>; a bare prompt is then wrapped as
+    `<|user|>{prompt}\\n<|assistant|>` and only the reply comes back. stream: called with each text
+    piece as it is produced (single prompt only). device: moves the model there first."""
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
     if stream is not None and not single:
         raise ValueError("stream= works with a single prompt; call generate_text once per prompt "
                          "(row b of a batch with seed s equals a single call with seed s + b)")
-    job = _TextJob(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                   stop, seed, chat, device)
-    for _, piece in job.pieces():
+    rendered, texts, pieces = _start_text(model, tokenizer, prompts, max_new_tokens,
+                                          Sampling(temperature, top_k, top_p, repetition_penalty),
+                                          stop, seed, chat, device)
+    for piece in pieces:
         if stream is not None:
             stream(piece)
-    texts = job.completions
-    if return_prompt:
-        texts = [p + t for p, t in zip(job.rendered, texts)]
-    return texts[0] if single else texts
+    out = [(p if return_prompt else "") + t.completion for p, t in zip(rendered, texts)]
+    return out[0] if single else out
 
 
 def stream_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
@@ -431,9 +396,8 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 
                 device: str | torch.device | None = None) -> Iterator[str]:
     """generate_text as an iterator of text pieces; "".join(pieces) == generate_text(...). Arguments
     are checked here, at the call; the model runs as the iterator is consumed."""
-    job = _TextJob(model, tokenizer, [prompt], max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                   stop, seed, chat, device)
-    return (piece for _, piece in job.pieces())
+    return _start_text(model, tokenizer, [prompt], max_new_tokens,
+                       Sampling(temperature, top_k, top_p, repetition_penalty), stop, seed, chat, device)[2]
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -501,27 +465,24 @@ def chat_repl(model: nn.Module, tokenizer, args: argparse.Namespace, stdin=None,
             continue
         kept, prompt = _fit_history(tokenizer, history + [{"role": "user", "content": message}], budget)
         if len(kept) < len(history) + 1:
-            print(f"(dropped {len(history) + 1 - len(kept)} oldest messages to fit block_size {block})", file=stderr)
+            print(f"(dropped {len(history) + 1 - len(kept)} oldest messages to fit block_size {block})",
+                  file=stderr)
         print("assistant> ", end="", file=stderr, flush=True)
-
-        def write(piece: str) -> None:
-            stdout.write(piece)
-            stdout.flush()
-
         reply = generate_text(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               repetition_penalty=args.repetition_penalty, stop=args.stop,
-                              seed=None if args.seed is None else args.seed + turn, chat=True, stream=write)
-        stdout.write("\n")
-        stdout.flush()
+                              seed=None if args.seed is None else args.seed + turn, chat=True,
+                              stream=lambda piece: print(piece, end="", file=stdout, flush=True))
+        print(file=stdout, flush=True)
         history = kept + [{"role": "assistant", "content": reply}]
         turn += 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Generate text from a checkpoint (only generated text goes to stdout).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint_dir", required=True, help="trainer's checkpoint dir (uses D/latest) or one checkpoint folder")
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint_dir", required=True,
+                   help="trainer's checkpoint dir (uses D/latest) or one checkpoint folder")
     p.add_argument("--prompt", default="", help="text to complete; empty = unconditional samples")
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=100)
@@ -539,36 +500,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.num_samples < 1:
         raise UserError(f"--num_samples {args.num_samples} must be >= 1")
-    _check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty).check(args.max_new_tokens)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="replace")  # a non-UTF-8 console never crashes on a character
     folder = resolve_checkpoint_dir(args.checkpoint_dir)
     model, tokenizer = load_checkpoint(folder, args.device)
     cfg = model.config
     print(f"loaded {folder}: {model.num_parameters() / 1e6:.2f}M parameters, vocab {cfg.vocab_size}, "
-          f"block_size {cfg.block_size}, on {_model_device_dtype(model)[0]}", file=sys.stderr)
+          f"block_size {cfg.block_size}, on {next(model.parameters()).device}", file=sys.stderr)
     if args.chat:
         return chat_repl(model, tokenizer, args)
     chat = None if args.prompt and not args.no_chat_template else False
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, chat=chat)
-    if args.stream:
-        def write(piece: str) -> None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-
-        for i in range(args.num_samples):
-            if args.num_samples > 1:
-                print(f"--- sample {i + 1}/{args.num_samples}", file=sys.stderr, flush=True)
+    n = args.num_samples
+    if args.stream:  # stream= takes one prompt: one call per sample, sample i with seed + i as in a batch
+        for i in range(n):
+            if n > 1:
+                print(f"--- sample {i + 1}/{n}", file=sys.stderr, flush=True)
             generate_text(model, tokenizer, args.prompt, seed=None if args.seed is None else args.seed + i,
-                          stream=write, **kwargs)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+                          stream=lambda piece: print(piece, end="", flush=True), **kwargs)
+            print(flush=True)
         return 0
-    texts = generate_text(model, tokenizer, [args.prompt] * args.num_samples, seed=args.seed, **kwargs)
-    for i, text in enumerate(texts):
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1}/{args.num_samples}", file=sys.stderr, flush=True)
+    for i, text in enumerate(generate_text(model, tokenizer, [args.prompt] * n, seed=args.seed, **kwargs)):
+        if n > 1:
+            print(f"--- sample {i + 1}/{n}", file=sys.stderr, flush=True)
         print(text, flush=True)
     return 0
 

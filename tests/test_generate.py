@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import UserError  # noqa: E402
-from generate import (_TextAssembler, chat_repl, generate, generate_text, load_checkpoint,  # noqa: E402
+from generate import (TextStream, chat_repl, generate, generate_text, load_checkpoint,  # noqa: E402
                       stream_text, window_keep)
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
@@ -269,15 +269,15 @@ def test_stop_strings_cut_exactly(tokenizers, kind):
     assert generate_text(model, tok, "hi", stop="\x00never", return_prompt=True, **kw) == "hi" + full
 
 
-def test_text_assembler_never_splits_a_character_and_flushes_the_tail(tokenizers):
+def test_text_stream_never_splits_a_character_and_flushes_the_tail(tokenizers):
     bpe = tokenizers["bpe"]
     nasty = "caf\u00e9 \u6771\u4eac \U0001F600 e\u0301 \r\n\t\x00 \u2713 " * 3
-    asm = _TextAssembler(bpe, stops=[], strip_newline=False)
+    asm = TextStream(bpe, stops=[], strip_newline=False)
     pieces = [asm.push(i) for i in bpe.encode(nasty)] + [asm.finish(at_stop_token=False)]
     assert "".join(pieces) == nasty == asm.completion
     assert all("\ufffd" not in p for p in pieces)
     partial = bpe.encode("ok ") + bpe.encode("\u6771")[:1]  # the stream ends inside a character
-    asm = _TextAssembler(bpe, stops=[], strip_newline=False)
+    asm = TextStream(bpe, stops=[], strip_newline=False)
     pieces = [asm.push(i) for i in partial] + [asm.finish(at_stop_token=False)]
     assert "".join(pieces) == bpe.decode(partial)  # the tail is flushed, not lost
 
