@@ -167,8 +167,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "rege
 # ---------------------------------------------------------------------------- checkpoints
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """DESIGN.md: `D/latest` names the newest complete checkpoint folder; else `D` itself
-    when it holds config.json. Raises UserError otherwise."""
+    """The checkpoint folder `path` stands for: the trainer's `D/latest` file names the newest
+    complete step folder; else `D` itself when it holds config.json. Raises UserError otherwise."""
     d = Path(path)
     if not d.exists():
         raise UserError(f"checkpoint directory not found: {d} (pass the --checkpoint_dir the trainer wrote)")

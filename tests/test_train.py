@@ -78,7 +78,7 @@ def wait_for_step(ck: Path, step: int, proc: subprocess.Popen, timeout: float = 
 @pytest.mark.slow
 def test_tiny_model_trains_to_stated_loss(data, tmp_path):
     """The seed's `tiny` (2 layers, 128 wide) on the word corpus: from ln(V) ~ 3.4 to a validation
-    loss under 1.0 nats/char in 150 steps; files of DESIGN.md's layout on disk."""
+    loss under 1.0 nats/char in 150 steps; the checkpoint folder's files on disk (README: File formats)."""
     ck = tmp_path / "ck"
     code = tcm.main(data_args(data) + ["--device", "cpu", "--model_size", "tiny", "--block_size", "64", "--batch_size", "16",
                                        "--epochs", "3", "--max_steps", "150", "--dtype", "fp32", "--compile", "off", "--lr", "2e-3", "--eval_every_steps", "75",
