@@ -323,9 +323,11 @@ def _render_prompt(prompt: str, chat: bool) -> str:
 
 def _start_text(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, sampling: Sampling,
                 stop: str | Sequence[str] | None, seed: int | None, chat: bool | None,
-                device: str | torch.device | None) -> tuple[list[str], list[TextStream], Iterator[str]]:
+                device: str | torch.device | None, keep_going: Callable[[int], bool] | None = None,
+                ) -> tuple[list[str], list[TextStream], Iterator[tuple[int, str]]]:
     """Checks the arguments; returns the prompts as fed to the model, one TextStream per prompt
-    (their completions are final once the pieces are consumed) and the pieces, which run the model."""
+    (their completions are final once the pieces are consumed) and the (row, piece) pairs, which
+    run the model."""
     sampling.check(max_new_tokens)
     if not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompt must be a str or a list of str")
@@ -340,12 +342,13 @@ def _start_text(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     texts = [TextStream(tokenizer, stops, strip_newline=chat) for _ in prompts]
     pieces = _text_pieces(model, tokenizer, rendered, texts, _stop_token_ids(tokenizer, chat), max_new_tokens,
-                          sampling, seed)
+                          sampling, seed, keep_going)
     return rendered, texts, pieces
 
 
 def _text_pieces(model: nn.Module, tokenizer, prompts: list[str], texts: list[TextStream], stop_ids: set[int],
-                 max_new_tokens: int, sampling: Sampling, seed: int | None) -> Iterator[str]:
+                 max_new_tokens: int, sampling: Sampling, seed: int | None,
+                 keep_going: Callable[[int], bool] | None) -> Iterator[tuple[int, str]]:
     encode_batch = getattr(tokenizer, "encode_batch", None)
     ids = encode_batch(prompts) if encode_batch else [tokenizer.encode(p) for p in prompts]
     for rows in generate_steps(model, ids, max_new_tokens, sampling, stop_ids, seed,
@@ -353,12 +356,13 @@ def _text_pieces(model: nn.Module, tokenizer, prompts: list[str], texts: list[Te
         for row in rows:
             text, token = texts[row.index], row.ids[-1]
             piece = text.finish(at_stop_token=True) if token in stop_ids else text.push(token)
-            row.done = text.done  # a stop string ends the row too
+            # a stop string ends the row too, and so does a caller that no longer wants it
+            row.done = text.done or (keep_going is not None and not keep_going(row.index))
             if piece:
-                yield piece
-    for text in texts:  # the rows still open ran out of steps
+                yield row.index, piece
+    for i, text in enumerate(texts):  # the rows still open ran out of steps
         if piece := text.finish(at_stop_token=False):
-            yield piece
+            yield i, piece
 
 
 def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[str], max_new_tokens: int = 100,
@@ -374,16 +378,17 @@ def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[str], max_
     as fed to the model, chat wrapping included, then the completion). temperature=0 is greedy.
     chat=None: chat mode when the tokenizer has <|assistant|>; a bare prompt is then wrapped as
     `<|user|>{prompt}\\n<|assistant|>` and only the reply comes back. stream: called with each text
-    piece as it is produced (single prompt only). device: moves the model there first."""
+    piece as it is produced (single prompt only; stream_batch streams a batch). device: moves the
+    model there first."""
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
     if stream is not None and not single:
-        raise ValueError("stream= works with a single prompt; call generate_text once per prompt "
+        raise ValueError("stream= works with a single prompt; use stream_batch for a batch "
                          "(row b of a batch with seed s equals a single call with seed s + b)")
     rendered, texts, pieces = _start_text(model, tokenizer, prompts, max_new_tokens,
                                           Sampling(temperature, top_k, top_p, repetition_penalty),
                                           stop, seed, chat, device)
-    for piece in pieces:
+    for _, piece in pieces:
         if stream is not None:
             stream(piece)
     out = [(p if return_prompt else "") + t.completion for p, t in zip(rendered, texts)]
@@ -396,11 +401,23 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 
                 device: str | torch.device | None = None) -> Iterator[str]:
     """generate_text as an iterator of text pieces; "".join(pieces) == generate_text(...). Arguments
     are checked here, at the call; the model runs as the iterator is consumed."""
-    return _start_text(model, tokenizer, [prompt], max_new_tokens,
-                       Sampling(temperature, top_k, top_p, repetition_penalty), stop, seed, chat, device)[2]
+    pieces = stream_batch(model, tokenizer, [prompt], max_new_tokens, temperature, top_k, top_p,
+                          repetition_penalty, stop, seed, chat, device)
+    return (piece for _, piece in pieces)
 
 
-# ---------------------------------------------------------------------------- checkpoints
+def stream_batch(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 100,
+                 temperature: float = 0.8, top_k: int | None = None, top_p: float = 1.0,
+                 repetition_penalty: float = 1.0, stop: str | Sequence[str] | None = None, seed: int | None = None,
+                 chat: bool | None = None, device: str | torch.device | None = None,
+                 keep_going: Callable[[int], bool] | None = None) -> Iterator[tuple[int, str]]:
+    """generate_text on a list of prompts as (row, piece) pairs, as they are produced: row b's
+    pieces join to generate_text(prompts, ...)[b]. A row for which keep_going(row) turns False
+    leaves the batch at the next step (serve.py: its client has gone)."""
+    return _start_text(model, tokenizer, list(prompts), max_new_tokens,
+                       Sampling(temperature, top_k, top_p, repetition_penalty), stop, seed, chat, device,
+                       keep_going)[2]
+
 
 def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device | None = None):
     """(model, tokenizer) from a checkpoint folder: D/latest when it exists, else D with config.json.

@@ -9,15 +9,15 @@ model's parameter count and context), GET /health, and GET / (serve_page.html: a
 HTML + JS). Any OpenAI client works: `OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")`.
 
 How requests share the model: serve_engine.py (one worker thread; a bounded FIFO; waiting
-requests that sample alike run as one generate_text batch, 3.3-3.7x sooner at the median than in
-turn with 32 clients; a lone request streams token by token; a client that leaves cancels).
+requests that sample alike run as one left-padded batch, every row streamed token by token, several
+times sooner than in turn with 32 clients; a client that leaves drops out of its batch).
 
 Errors are OpenAI-shaped, `{"error": {"message", "type", "param", "code"}}`: 400 for every bad
 field (never FastAPI's 422), 401 for a missing or wrong key (--api_key or SERVE_API_KEY), 429 for a
 full queue. Without a key the server only binds to loopback unless --insecure is given.
 
 Usage: prompt_tokens counts the rendered prompt; completion_tokens the reply re-encoded (the ids
-sampled are not exposed by generate_text; a trained model samples the tokenizer's own encoding
+sampled are not exposed by generate.py's text functions; a trained model samples the tokenizer's own encoding
 almost always). finish_reason is "length" when that count reaches max_tokens, else "stop".
 """
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request) at

@@ -4,15 +4,12 @@ Torch forward passes from several threads would only fight over the same cores, 
 them all. Requests wait in a bounded FIFO queue (a full queue refuses: serve.py answers 429). The
 worker takes the request at the head and, with it, every waiting request that samples alike (same
 endpoint, max_tokens, temperature, top_p and stop; greedy, or no seed), at most max_batch, and runs
-them as one left-padded `generate_text` batch. With 32 streaming clients on a `tiny` model this
-answers 3.3-3.7x sooner at the median and 5.3-6.4x at p95, and serves 5.6-6.7x the tokens/s, of
-serving them in turn (max_batch=1; bench/bench_serve.py, 2 CPU cores). A request that runs alone
-streams token by token through `stream_text`; in a batch of several, each reply arrives whole when
-the batch ends (generate_text streams a single prompt only).
+them as one left-padded batch through `generate.stream_batch`, every reply streamed token by token.
+With 32 streaming clients on a `tiny` model, batching answers several times sooner and serves several
+times the tokens/s of serving them in turn (max_batch=1; bench/bench_serve.py, 2 CPU cores).
 
 A client that leaves sets its job's `cancelled`: a waiting job is dropped (and frees its room in
-the queue), a lone running one stops at the next token (its iterator is closed, which ends the
-generation), and a row of a running batch goes on to the batch's end, its reply dropped.
+the queue), a running one leaves its batch at the next token (a lone one ends the generation).
 """
 import collections
 import threading
@@ -46,7 +43,7 @@ class Job:
     pieces: int = 0
 
     def batch_key(self) -> tuple | None:
-        """Jobs with equal keys can share a generate_text batch (None: only alone). Row b of a batch
+        """Jobs with equal keys can share a batch (None: only alone). Row b of a batch
         is seeded seed + b, so a seeded sampling request runs alone to stay reproducible."""
         s = self.sampling
         if s.seed is not None and s.temperature > 0:
@@ -63,10 +60,10 @@ class Engine:
     share its batch (up to max_batch; 1 = strictly one at a time)."""
 
     def __init__(self, model, tokenizer, max_queue: int = 64, max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        from generate import generate_text, stream_text  # torch: imported with the model, not for --help
+        from generate import stream_batch  # torch: imported with the model, not for --help
 
         self.model, self.tokenizer = model, tokenizer
-        self._generate_text, self._stream_text = generate_text, stream_text
+        self._stream_batch = stream_batch
         self.max_queue, self.max_batch = max_queue, max_batch
         self.stats = collections.Counter()
         self.recent: collections.deque[dict] = collections.deque(maxlen=256)  # {"status", "pieces", "batch"}
@@ -146,10 +143,8 @@ class Engine:
                 if job.cancelled.is_set():  # its client left while it waited
                     self._record(job, "cancelled", len(batch))
             try:
-                if len(live) == 1:
-                    self._run_alone(live[0])
-                elif live:
-                    self._run_batch(live)
+                if live:
+                    self._run(live)
             except Exception as e:  # noqa: BLE001 - one failed request must not stop the server
                 for job in live:
                     job.emit("error", f"generation failed: {type(e).__name__}: {first_line(e)}")
@@ -164,39 +159,24 @@ class Engine:
         job.emit("done", {"completion_tokens": completion_tokens, "finish_reason": finish})
         self._record(job, "completed", batch)
 
-    def _run_alone(self, job: Job) -> None:
-        s = job.sampling
-        pieces = self._stream_text(self.model, self.tokenizer, job.prompt, max_new_tokens=s.max_tokens,
-                                   temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=s.seed,
-                                   chat=job.chat)
-        text = []
-        try:
-            for piece in pieces:
-                if job.cancelled.is_set():
-                    break
-                text.append(piece)
-                job.pieces += 1
-                job.emit("piece", piece)
-        finally:
-            pieces.close()  # generation is lazy: closing the iterator stops it
-        if job.cancelled.is_set():
-            self._record(job, "cancelled", 1)
-        else:
-            self._finish(job, "".join(text), 1)
-
-    def _run_batch(self, jobs: list[Job]) -> None:
-        """One left-padded generate_text batch; each reply goes out whole when the batch ends."""
+    def _run(self, jobs: list[Job]) -> None:
+        """One left-padded batch (or a lone job), every row streamed as it grows; a job whose client
+        leaves drops out of the batch at the next token."""
         s = jobs[0].sampling
-        with self._cond:
-            self.stats["batches"] += 1
-        texts = self._generate_text(self.model, self.tokenizer, [j.prompt for j in jobs], max_new_tokens=s.max_tokens,
-                                    temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=s.seed,
-                                    chat=jobs[0].chat)
+        if len(jobs) > 1:
+            with self._cond:
+                self.stats["batches"] += 1
+        texts: list[list[str]] = [[] for _ in jobs]
+        for b, piece in self._stream_batch(self.model, self.tokenizer, [j.prompt for j in jobs],
+                                           max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                                           stop=list(s.stop), seed=s.seed, chat=jobs[0].chat,
+                                           keep_going=lambda b: not jobs[b].cancelled.is_set()):
+            if not jobs[b].cancelled.is_set():
+                texts[b].append(piece)
+                jobs[b].pieces += 1
+                jobs[b].emit("piece", piece)
         for job, text in zip(jobs, texts):
             if job.cancelled.is_set():
                 self._record(job, "cancelled", len(jobs))
-                continue
-            if text:
-                job.pieces += 1
-                job.emit("piece", text)
-            self._finish(job, text, len(jobs))
+            else:
+                self._finish(job, "".join(text), len(jobs))

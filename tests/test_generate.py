@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import UserError  # noqa: E402
-from generate import (TextStream, chat_repl, generate, generate_text, load_checkpoint,  # noqa: E402
+from generate import (TextStream, stream_batch, chat_repl, generate, generate_text, load_checkpoint,  # noqa: E402
                       stream_text, window_keep)
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
@@ -325,6 +325,27 @@ def test_batch_equals_single_prompts(tokenizers):
     batch = generate_text(model, tok, prompts, seed=100, **kw)
     assert batch == [generate_text(model, tok, p, seed=100 + b, **kw) for b, p in enumerate(prompts)]
     assert len(set(batch)) == len(batch)
+
+
+def test_stream_batch_streams_every_row_and_drops_the_rows_let_go(tokenizers):
+    """stream_batch's (row, piece) pairs join, row by row, to generate_text's batch; a row whose
+    keep_going turns False after its first piece leaves the batch, and the others are unchanged."""
+    tok = tokenizers["bpe"]
+    model = random_model(tok.vocab_size, block_size=64, seed=5)
+    prompts = ["h", "hello there, you", "What is"]
+    kw = dict(max_new_tokens=25, temperature=0.9, top_k=20, seed=7, chat=False)
+    expected = generate_text(model, tok, prompts, **kw)
+    joined, order = ["", "", ""], []
+    for b, piece in stream_batch(model, tok, prompts, **kw):
+        joined[b] += piece
+        order.append(b)
+    assert joined == expected and len(set(order[:3])) > 1  # rows interleave: each is streamed as it grows
+    cut, steps = ["", "", ""], []
+    for b, piece in stream_batch(model, tok, prompts, keep_going=lambda b: b != 1 or not cut[1], **kw):
+        cut[b] += piece
+        steps.append(b)
+    assert cut[0] == expected[0] and cut[2] == expected[2]
+    assert expected[1].startswith(cut[1]) and 0 < len(tok.encode(cut[1])) < len(tok.encode(expected[1])) - 5
 
 
 def test_wrapped_models_and_training_mode_restored(tmp_path, tokenizers, chat_models):
