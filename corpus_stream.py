@@ -1,12 +1,6 @@
 """The input side of tokenize_local_bpe.py: find and check the corpus files, stream them as blocks
-of text that can be encoded independently (cut at document ends, or at places where the ids do not
-change), count their documents, and draw the evenly spread BPE training sample.
-
-The places inside a document (_SAFE_CUT) are exact only for GPT-2-style tokenizers (those our BPE
-training makes; tokenizer_bpe.whitespace_cuts_exact tells). For any other (a prefix space, a
-normalizer, a Metaspace pre-tokenizer...) the reader runs with whole_documents=True: it never cuts
-inside a document and gives each document as its own segment, so the ids are those of encoding each
-document whole; a very long document is then held in memory whole."""
+of text that can be encoded independently, count their documents, and draw the evenly spread BPE
+training sample."""
 from __future__ import annotations
 
 import codecs
@@ -18,7 +12,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from common import UserError
-from tokenizer import EOT_TOKEN, _special_pattern
+from tokenizer import EOT_TOKEN, special_tokens_pattern
 
 BLOCK_BYTES = 4 << 20          # read size; a block is encoded as one batch
 MAX_CARRY_CHARS = 4 << 20      # a document longer than this is encoded in safe pieces
@@ -135,16 +129,20 @@ class Block:
 
 
 class DocumentReader:
-    """Streams the files as blocks of text segments that may be encoded independently."""
+    """Streams the files as blocks of text segments that may be encoded independently: cut at document
+    ends, and inside a long document at the places of _SAFE_CUT. Those are exact only for GPT-2-style
+    tokenizers (tokenizer_bpe.whitespace_cuts_exact tells); for any other (a prefix space, a normalizer,
+    a Metaspace pre-tokenizer...) run with whole_documents=True: each document is then one segment,
+    never cut, so its ids are those of encoding it whole (and a very long one is held whole)."""
 
     def __init__(self, files: Sequence[Path], errors: str, specials: Sequence[str], anywhere: bool,
                  val_docs: int = 0, total_docs: int = 0, segment_chars: int = 1 << 19,
                  whole_documents: bool = False) -> None:
         """`anywhere`: any place is a safe cut (the char tokenizer). `whole_documents`: no place inside
-        a document is (see the module docstring): one segment per document, never cut."""
+        a document is: one segment per document, never cut."""
         self.files, self.errors, self.anywhere, self.segment_chars = files, errors, anywhere, segment_chars
         self.whole_documents = whole_documents
-        self.special_re = _special_pattern(specials)
+        self.special_re = special_tokens_pattern(specials)
         self.cuts = cut_pattern(specials)
         self.val_docs, self.total_docs = val_docs, total_docs
         self.doc_index = 0

@@ -22,31 +22,34 @@ except ImportError:  # Windows: no flock, so no cleanup of other runs' leftovers
     fcntl = None
 
 
-class Sink:
-    """One token file (+ its .gz), written through temporary paths; counts and hashes the bytes."""
+class TokenFileWriter:
+    """One token file (+ its .gz), written through temporary paths; hashes the bytes and counts the
+    tokens (the writer thread), the documents and the bytes of text they decode to (the caller)."""
 
-    def __init__(self, bin_tmp: Path, gz_tmp: Path | None, gz_name: str, level: int) -> None:
-        self.bin = open(bin_tmp, "wb")
-        self.gz_raw = open(gz_tmp, "wb") if gz_tmp else None
-        self.gz = gzip.GzipFile(filename=gz_name, mode="wb", fileobj=self.gz_raw, compresslevel=level,
-                                mtime=0) if self.gz_raw else None
-        self.sha = hashlib.sha256()
+    def __init__(self, bin_temp: Path, gz_temp: Path | None, bin_name: str, level: int) -> None:
+        self.bin_file = open(bin_temp, "wb")
+        self.gz_file = open(gz_temp, "wb") if gz_temp else None
+        # mtime=0 and the .bin's final name in the header: the same ids always give the same .gz bytes
+        self.gzip = gzip.GzipFile(filename=bin_name, mode="wb", fileobj=self.gz_file, compresslevel=level,
+                                  mtime=0) if self.gz_file else None
+        self.sha256 = hashlib.sha256()
         self.num_tokens = 0
         self.num_documents = 0
+        self.num_bytes = 0
 
     def write(self, ids: np.ndarray) -> None:
         data = ids.tobytes()
-        self.bin.write(data)
-        if self.gz:
-            self.gz.write(data)
-        self.sha.update(data)
+        self.bin_file.write(data)
+        if self.gzip:
+            self.gzip.write(data)
+        self.sha256.update(data)
         self.num_tokens += len(ids)
 
     def close(self, sync: bool = True, quiet: bool = False) -> None:
         try:
-            if self.gz:
-                self.gz.close()
-            for f in (self.bin, self.gz_raw):
+            if self.gzip:
+                self.gzip.close()
+            for f in (self.bin_file, self.gz_file):
                 if f and not f.closed:
                     f.flush()
                     if sync:
@@ -57,27 +60,27 @@ class Sink:
                 raise
 
 
-class Writer(threading.Thread):
-    """Writes (split, ids) batches in the background: zlib, sha256 and file writes release the GIL,
-    so compression overlaps with encoding."""
+class WriterThread(threading.Thread):
+    """Writes [(split, ids), ...] batches to the split's TokenFileWriter in the background: zlib,
+    sha256 and file writes release the GIL, so compression overlaps with encoding."""
 
-    def __init__(self, sinks: list[Sink]) -> None:
+    def __init__(self, files: list[TokenFileWriter]) -> None:
         super().__init__(daemon=True)
-        self.sinks, self.queue, self.error = sinks, queue.Queue(maxsize=4), None
+        self.files, self.queue, self.error = files, queue.Queue(maxsize=4), None
 
     def run(self) -> None:
-        while (item := self.queue.get()) is not None:
+        while (batch := self.queue.get()) is not None:
             if self.error is None:
                 try:
-                    for split, ids in item:
-                        self.sinks[split].write(ids)
+                    for split, ids in batch:
+                        self.files[split].write(ids)
                 except BaseException as e:  # noqa: BLE001 - handed to the main thread
                     self.error = e
 
-    def put(self, item) -> None:
+    def put(self, batch: list[tuple[int, np.ndarray]]) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put(item)
+        self.queue.put(batch)
 
     def finish(self) -> None:
         self.queue.put(None)
@@ -94,26 +97,26 @@ class Writer(threading.Thread):
                 pass
 
 
-class Outputs:
-    """Temporary files beside their targets; `commit` renames them all, metadata last."""
+class OutputFiles:
+    """Temporary files beside their final paths; `commit` renames them all, metadata last."""
 
     def __init__(self) -> None:
-        self.tmp: dict[Path, Path] = {}
+        self.temp_of: dict[Path, Path] = {}
 
     def temp(self, final: Path) -> Path:
-        self.tmp[final] = temp_file_beside(final)
-        return self.tmp[final]
+        self.temp_of[final] = temp_file_beside(final)
+        return self.temp_of[final]
 
     def discard(self) -> None:
-        for t in self.tmp.values():
-            t.unlink(missing_ok=True)
+        for temp in self.temp_of.values():
+            temp.unlink(missing_ok=True)
 
     def commit(self, metadata: list[tuple[Path, dict]], stale: Sequence[Path]) -> None:
         for path, _ in metadata:  # the old "complete" marker goes first: a crash now looks incomplete
             path.unlink(missing_ok=True)
-        for final, tmp in self.tmp.items():
-            os.replace(tmp, final)
-        self.tmp.clear()
+        for final, temp in self.temp_of.items():
+            os.replace(temp, final)
+        self.temp_of.clear()
         for path in stale:
             if path.exists():
                 path.unlink()
@@ -124,7 +127,7 @@ class Outputs:
 
 # ---------------------------------------------------------------------------- leftovers of interrupted runs
 
-class RunLock:
+class OutputDirLock:
     """A shared flock on the output folder, held while this run writes there, so that a run can tell
     whether another one is live in the folder. The kernel drops it when its process dies, SIGKILL
     included, so a killed run holds nothing. `alone`: no other run held it when this one started."""

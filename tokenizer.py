@@ -19,10 +19,10 @@ from typing import Iterable, Iterator
 
 from common import UserError, atomic_write_json
 
-EOT_TOKEN = "<|endoftext|>"
+EOT_TOKEN = "<|endoftext|>"  # ends every document; id 0 in every tokenizer here
 CHAT_ROLES = ("user", "assistant", "system")
 CHAT_SPECIAL_TOKENS = [f"<|{role}|>" for role in CHAT_ROLES]  # ids 1, 2, 3
-REPLACEMENT_CHAR = "\ufffd"
+REPLACEMENT_CHAR = "\ufffd"  # U+FFFD: an unseen character (char tokenizer), an invalid byte (decoding)
 
 
 def special_tokens_for(chat: bool, extra: Iterable[str] = ()) -> list[str]:
@@ -31,7 +31,8 @@ def special_tokens_for(chat: bool, extra: Iterable[str] = ()) -> list[str]:
     return tokens + [t for t in extra if t not in tokens]
 
 
-def _special_pattern(specials: Iterable[str]) -> re.Pattern | None:
+def special_tokens_pattern(specials: Iterable[str]) -> re.Pattern | None:
+    """A regex matching any of `specials` (None when there are none)."""
     specials = sorted(specials, key=len, reverse=True)  # longest first: no prefix shadowing
     return re.compile("|".join(map(re.escape, specials))) if specials else None
 
@@ -47,7 +48,7 @@ class CharTokenizer:
         self.special_tokens = specials
         self.id_to_token: list[str] = specials + chars
         self.token_to_index = {t: i for i, t in enumerate(self.id_to_token)}
-        self._special_re = _special_pattern(specials)
+        self._special_re = special_tokens_pattern(specials)
 
     # -------------------------------------------------------------- building
 
@@ -60,7 +61,7 @@ class CharTokenizer:
         """Build from an iterator of strings (streamed: only the character counts are kept).
         Special-token strings in the text are not split into characters."""
         specials = list(special_tokens) if special_tokens is not None else [EOT_TOKEN]
-        pattern = _special_pattern(specials)
+        pattern = special_tokens_pattern(specials)
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(pattern.sub("", text) if pattern else text)
@@ -71,7 +72,7 @@ class CharTokenizer:
                    chunk_chars: int = 1 << 20) -> "CharTokenizer":
         specials = list(special_tokens) if special_tokens is not None else [EOT_TOKEN]
         keep = max(map(len, specials)) - 1  # a special token split across two reads is seen whole
-        pattern = _special_pattern(specials)
+        pattern = special_tokens_pattern(specials)
 
         def chunks() -> Iterator[str]:
             for path in paths:
@@ -120,6 +121,10 @@ class CharTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def token_byte_lengths(self) -> list[int]:
+        """The UTF-8 bytes of each id's text: decode(ids) is their concatenation."""
+        return [len(t.encode("utf-8")) for t in self.id_to_token]
+
     def decode(self, ids: Iterable[int]) -> str:
         vocab, ids = self.id_to_token, [int(i) for i in ids]
         if ids and (min(ids) < 0 or max(ids) >= len(vocab)):
@@ -138,7 +143,7 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":
-        data = _read_tokenizer_json(path)
+        data = read_tokenizer_json(path)
         return cls.from_dict(data, str(path))
 
     @classmethod
@@ -154,7 +159,8 @@ class CharTokenizer:
         return tok
 
 
-def _read_tokenizer_json(path: str | os.PathLike) -> dict:
+def read_tokenizer_json(path: str | os.PathLike) -> dict:
+    """The JSON object of a tokenizer file of either kind, or a UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"tokenizer file not found: {path} (pass the tokenizer JSON written by tokenize_local_bpe.py)")
@@ -170,7 +176,7 @@ def _read_tokenizer_json(path: str | os.PathLike) -> dict:
 def load_tokenizer(path: str | os.PathLike):
     """Open a tokenizer file of either kind: a HuggingFace `tokenizers` JSON (top-level "model")
     gives a BPETokenizer, {"type": "char", ...} a CharTokenizer."""
-    data = _read_tokenizer_json(path)
+    data = read_tokenizer_json(path)
     if "model" in data:
         from tokenizer_bpe import BPETokenizer
 

@@ -1,29 +1,10 @@
-"""Byte-level BPE tokenizer (the seed's phase 3): a thin wrapper over HuggingFace `tokenizers`,
-a fast `tiktoken` encoder with identical ids, and the chat template.
+"""Byte-level BPE tokenizer (the seed's phase 3): a thin wrapper over HuggingFace `tokenizers`
+(training, decoding), a `tiktoken` encoder with identical ids (4-5x faster), and the chat template.
 
-Byte-level means every UTF-8 string round-trips exactly and there is no unknown token: the 256
-byte symbols are always in the vocabulary (`initial_alphabet=ByteLevel.alphabet()`; without it,
-bytes never seen in training are silently dropped on encode).
-
-Fast encoding. Training stays with `tokenizers`; encoding goes through `tiktoken` (4-5x faster here)
-when it is installed and `tiktoken_encoding()` proves the conversion exact: a plain `BPE` model,
-a `ByteLevel(add_prefix_space=False, use_regex=True)` pre-tokenizer, no normalizer, no
-post-processor, all 256 byte symbols, every multi-byte token the result of exactly one merge and
-merge results whose ids rise with merge order (then tiktoken's "lowest rank first" is HF's
-"earliest merge first"), and added tokens without lstrip/rstrip/single_word/normalized. Anything
-else keeps the HF path, with the reason in `encoder_info`. `BPETokenizer.encode/encode_batch` pick
-the encoder by themselves; `set_encoder("hf")` forces HF. Decoding always uses HF. Known limits
-of tiktoken that we route around: whitespace runs of ~1M characters overflow its regex engine
-(texts with a run of >= 500k go to HF), and it silently rewrites lone surrogates (such texts go
-to HF, which refuses them as it always did).
-
-Special tokens (the trust boundary). `encode` maps special-token strings in its input to their
-ids (DESIGN.md), on both paths: HF matches added tokens leftmost-longest, and so does the fast
-path (tiktoken's own matcher when no special token is a prefix of another, else our longest-first
-split). The tokenizer therefore trusts its input: it is dataset_cleaner.py that neutralises
-`<|...|>` strings found in raw scraped text, so that only the chat template and document ends
-produce special ids and a cleaned `.bin` decodes back to the cleaned text byte for byte. Text
-that was not cleaned can inject `<|user|>` etc.; clean it first.
+Byte-level: the 256 byte symbols are always in the vocabulary, so every UTF-8 string round-trips
+exactly and there is no unknown token. `encode` turns special-token strings in its input into their
+ids: the tokenizer trusts its input, and dataset_cleaner.py is what neutralises `<|...|>` strings in
+raw scraped text.
 """
 from __future__ import annotations
 
@@ -38,7 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from common import UserError, atomic_write_text
-from tokenizer import CHAT_ROLES, EOT_TOKEN, _read_tokenizer_json, _special_pattern, special_tokens_for
+from tokenizer import CHAT_ROLES, EOT_TOKEN, read_tokenizer_json, special_tokens_for, special_tokens_pattern
 
 # GPT-2's pre-tokenizer regex, exactly as `tokenizers`' ByteLevel(use_regex=True) applies it.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -49,7 +30,7 @@ _WS_RUN_LIMIT = 500_000
 _LONG_WS_RUN = re.compile(r"(?<!\s)\s{%d}" % _WS_RUN_LIMIT)
 _SMALL_BATCH_CHARS = 1 << 16  # below this, a thread pool costs more than it gains
 
-# The chat format of DESIGN.md, as a Jinja template for HF exports (tokenizer_config.json).
+# The chat format (render_chat), as a Jinja template for HF exports (tokenizer_config.json).
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% else %}<|endoftext|>{% endif %}"
@@ -67,7 +48,6 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -
         parts.append(f"<|{role}|>{m['content']}\n")
     parts.append("<|assistant|>" if add_generation_prompt else EOT_TOKEN)
     return "".join(parts)
-
 
 
 # ---------------------------------------------------------------------------- tiktoken conversion
@@ -119,7 +99,13 @@ def whitespace_cuts_exact(data: dict) -> tuple[bool, str]:
 
 def tiktoken_conversion(data: dict) -> tuple[dict[bytes, int] | None, dict[str, int], str]:
     """From a `tokenizers` JSON dict, the tiktoken `mergeable_ranks` and `special_tokens` that give
-    exactly HF's ids, or (None, {}, reason) when the conversion would differ. Needs no tiktoken."""
+    exactly HF's ids, or (None, {}, reason) when the conversion would differ. Needs no tiktoken.
+
+    Exact when: a plain BPE model; a ByteLevel(add_prefix_space=False, use_regex=True) pre-tokenizer,
+    no normalizer, no post-processor (whitespace_cuts_exact); all 256 byte symbols; every multi-byte
+    token the result of exactly one merge, and merge results whose ids rise with merge order (then
+    tiktoken's "lowest rank first" is HF's "earliest merge first"); added tokens without lstrip,
+    rstrip, single_word or normalized."""
     model = data.get("model") or {}
     if model.get("type") != "BPE":
         return None, {}, f"the model is {model.get('type')!r}, not BPE"
@@ -194,7 +180,7 @@ class _TiktokenEncoder:
         # tiktoken matches special tokens leftmost-first in arbitrary order; that equals HF's
         # leftmost-longest unless one special token is a prefix of another
         self.native = not any(a != b and b.startswith(a) for a in specials for b in specials)
-        self.split_re = _special_pattern(specials) if specials and not self.native else None
+        self.split_re = special_tokens_pattern(specials) if specials and not self.native else None
 
     def _hf(self, text: str) -> np.ndarray:
         return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
@@ -249,7 +235,7 @@ def _read_training_text(paths: Sequence[str | os.PathLike], chunk_chars: int = 1
 def _without_specials(texts: Iterable[str], specials: Sequence[str]) -> Iterator[str]:
     """`tokenizers` training does not split added tokens out of the text: without this, merges
     such as '<|' and 'endoftext' would waste vocabulary on strings that are always special."""
-    pattern = _special_pattern(specials)
+    pattern = special_tokens_pattern(specials)
     for text in texts:
         yield from (p for p in pattern.split(text) if p)
 
@@ -299,6 +285,7 @@ class BPETokenizer:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
+        # initial_alphabet: all 256 byte symbols, or bytes never seen in training are dropped on encode
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=show_progress)
@@ -314,7 +301,7 @@ class BPETokenizer:
 
     def load(self, path: str | os.PathLike) -> "BPETokenizer":
         """Load a `tokenizers` JSON file (ours, or one written by the library elsewhere)."""
-        data = _read_tokenizer_json(path)
+        data = read_tokenizer_json(path)
         if "model" not in data:
             raise UserError(f"{path} is not a `tokenizers` JSON file (no \"model\" key); "
                             f"for a char tokenizer use tokenizer.load_tokenizer")
@@ -399,6 +386,8 @@ class BPETokenizer:
         return [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
 
     def encode(self, text: str) -> list[int]:
+        """Ids of `text`, special-token strings included (on both encoders: HF matches added tokens
+        leftmost-longest, and so does the tiktoken path). tiktoken when exact, else HF."""
         fast = self._fast_encoder()
         if fast is not None:
             return fast.encode_np(text).tolist()
@@ -424,5 +413,25 @@ class BPETokenizer:
         batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         return [e.ids for e in batch(texts, add_special_tokens=False)]
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def token_byte_lengths(self) -> list[int] | None:
+        """The UTF-8 bytes each id adds to decode(ids), for ids encoded from text; None unless the
+        decoder is ByteLevel (ours), which joins the tokens' bytes: a token's symbols map back to
+        bytes (its UTF-8 when it holds other characters, as some added tokens do)."""
+        if not isinstance(self.tokenizer.decoder, decoders.ByteLevel):
+            return None
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+
+        def decoded_bytes(token: str) -> bytes:
+            return bytes(byte_of[c] for c in token) if all(c in byte_of for c in token) else token.encode("utf-8")
+
+        lengths = [0] * self.vocab_size
+        for token, i in self.tokenizer.get_vocab(with_added_tokens=True).items():
+            lengths[i] = len(decoded_bytes(token))
+        for i, added in self.tokenizer.get_added_tokens_decoder().items():
+            # text surrounds an added token with whole characters, so invalid bytes of its own (an
+            # added '<|tööl|>' maps to 0xF6 0xF6) are what decoding replaces with U+FFFD
+            lengths[i] = len(decoded_bytes(added.content).decode("utf-8", "replace").encode("utf-8"))
+        return lengths
+
+    def decode(self, ids: Iterable[int]) -> str:  # always HF: tiktoken only encodes
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)

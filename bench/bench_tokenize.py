@@ -2,6 +2,7 @@
 
     flock /tmp/cpu.lock python bench/bench_tokenize.py           # writes bench/results/tokenize.md
     flock /tmp/cpu.lock python bench/bench_tokenize.py --quick   # prints only
+    flock /tmp/cpu.lock python bench/bench_tokenize.py --memory --memory_text novels.txt.gz   # RSS vs input read
 
 Steps, each its own process (peak RSS is that process's ru_maxrss); 3 and 4 interleaved, best of --repeat:
   1. train a 32k BPE with the CLI on a --train_sample_bytes sample (HF trainer);
@@ -18,13 +19,20 @@ The corpus is cleaner output ("doc<|endoftext|>doc<|endoftext|>..."): ~60% prose
 lexicon of 60k synthetic words plus common English words, numbers, contractions and ~3% non-ASCII
 words (accents, Cyrillic, CJK, emoji); ~30% chat documents (<|user|>/<|assistant|> turns); ~10%
 list- and code-like documents with indentation and \\r\\n line ends. It is cached in /tmp.
+
+--memory: RSS against input read over a 2.2 GB web-like corpus (make_growing_corpus), for the
+pipeline before the fix of its growing RSS (BASELINE_COMMIT, from git) and as it is now, in one run.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
+import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +42,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "tokenize.md"
+RESULTS_TITLE = "# Tokenization (tokenize_local_bpe.py)"
 EOT = "<|endoftext|>"
+BASELINE_COMMIT = "30aaa95"  # the pipeline whose RSS grew with the input read
+PIPELINE_FILES = ("tokenize_local_bpe.py", "corpus_stream.py", "token_writer.py", "tokenizer.py", "tokenizer_bpe.py",
+                  "common.py")
+MARKS_GB = (0.2, 0.5, 1.0, 1.5, 2.0)
 
 
 def make_corpus(path: Path, size_mb: float, seed: int = 0) -> None:
@@ -135,6 +148,70 @@ def make_heavy_tailed(path: Path, size_mb: float, seed: int = 0) -> None:
     tmp.replace(path)
 
 
+def make_growing_corpus(source: Path, path: Path, size_bytes: int, seed: int = 0) -> None:
+    """Web-like documents built from the sentences of `source` (UTF-8 text, .gz allowed) with the
+    traits a real corpus has and a repeated text lacks: lengths heavy-tailed (Pareto, up to 8 MB),
+    a new word in one sentence of two (the vocabulary of distinct words keeps growing: ~0.5M in
+    100 MB), 10% in other alphabets, 8% CJK without spaces, 12% code with URLs, 2% with emoji."""
+    with (gzip.open(source, "rt", encoding="utf-8") if source.suffix == ".gz" else open(source, encoding="utf-8")) as f:
+        text = f.read()
+    sentences = [s.replace("\n", " ") for s in re.split(r"(?<=[.!?\"”])\s+", text.replace(EOT, " "))
+                 if 20 <= len(s) <= 600]
+    words = sorted(set(re.findall(r"[A-Za-z]{3,}", text)))
+    rng = random.Random(seed)
+    lower = "abcdefghijklmnopqrstuvwxyz"
+    alphabets = [str.maketrans(lower, "абвгдежзийклмнопрстуфхцчшщ"), str.maketrans(lower, "αβγδεζηθικλμνξοπρστυφχψωάέ"),
+                 str.maketrans(lower, "ابتثجحخدذرزسشصضطظعغفقكلمنه"), str.maketrans(lower, "अआइईउऊऋएऐओऔकखगघङचछजझञटठडढण")]
+
+    def new_word() -> str:  # the head of one word and the tail of another: mostly never seen before
+        a, b = rng.choice(words), rng.choice(words)
+        return a[:rng.randint(2, len(a))] + b[rng.randint(1, len(b) - 1):]
+
+    def prose(n: int) -> str:
+        out, size = [], 0
+        while size < n:
+            sentence = rng.choice(sentences)
+            if rng.random() < 0.5:
+                w = sentence.split(" ")
+                w[rng.randrange(len(w))] = new_word()
+                sentence = " ".join(w)
+            out.append(sentence + ("\n\n" if rng.random() < 0.2 else ""))
+            size += len(sentence) + 1
+        return " ".join(out)
+
+    def cjk(n: int) -> str:
+        out: list[str] = []
+        while len(out) < n:
+            out += [chr(rng.randint(0x4E00, 0x5A00)) for _ in range(rng.randint(5, 40))] + [rng.choice("，。、！？")]
+        return "".join(out)
+
+    def code(n: int) -> str:
+        lines, size = [], 0
+        while size < n:
+            line = (f"{' ' * 4 * rng.randint(0, 4)}{new_word()}_{rng.randint(0, 999)} = {rng.choice(words)}("
+                    f"{rng.randint(0, 10**6)}, '{new_word()}')  # {new_word()}")
+            if rng.random() < 0.05:
+                line = f"https://{new_word().lower()}.example.com/{new_word()}/{rng.getrandbits(64):x}?q={new_word()}"
+            lines.append(line)
+            size += len(line) + 1
+        return "\n".join(lines) + "\n"
+
+    written = 0
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "w", encoding="utf-8", newline="") as out:
+        while written < size_bytes:
+            docs = []
+            for _ in range(500):
+                n, r = int(min(8e6, 300 * rng.paretovariate(1.1))), rng.random()
+                doc = prose(n) if r < 0.7 else prose(n).translate(rng.choice(alphabets)) if r < 0.8 \
+                    else cjk(n // 3) if r < 0.88 else code(n)
+                docs.append(doc + ("🙂 👩‍💻 🚀 " * rng.randint(1, 50) if rng.random() < 0.02 else "") + EOT)
+            block = "".join(docs)
+            out.write(block)
+            written += len(block.encode("utf-8"))
+    tmp.replace(path)
+
+
 # Each measurement runs in its own process and prints one JSON line: {"seconds": .., "rss_mb": ..}.
 _SINGLE = r"""
 import json, resource, sys, time
@@ -200,6 +277,127 @@ def cli(args: list[str], label: str) -> dict:
     return run_json(_CLI.format(argv=[script] + args, repo=str(REPO), script=script), label)
 
 
+def run_sampled(cmd: list[str], cwd: Path, corpus: Path, label: str, every: float = 0.2) -> tuple[list, float]:
+    """Run `cmd`; every `every` s read its RSS and peak RSS (VmRSS, VmHWM) from /proc and how far it
+    has read `corpus` (the offset of its open file). Returns [(bytes read, RSS MB, peak MB)], seconds."""
+    print(f"[bench] {label} ...", file=sys.stderr, flush=True)
+    target = os.path.realpath(corpus)
+    t = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        rows: list[tuple[int, float, float]] = []
+        while proc.poll() is None:
+            try:
+                status = open(f"/proc/{proc.pid}/status").read()
+                offset = 0
+                for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                    if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == target:
+                        offset = max(offset, int(open(f"/proc/{proc.pid}/fdinfo/{fd}").read().split()[1]))
+            except OSError:  # the process (or the file descriptor) is gone
+                continue
+            kb = {ln.split(":")[0]: int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Vm")}
+            if offset:
+                rows.append((offset, kb["VmRSS"] / 1024, kb["VmHWM"] / 1024))
+            time.sleep(every)
+        seconds = time.perf_counter() - t
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"{label} failed:\n{err.read()[-3000:]}")
+    return rows, seconds
+
+
+def at_mark(rows: list, gb: float) -> tuple[float, float] | None:
+    """(RSS, peak RSS) at the first sample with `gb` GB read, None if the run never read that far."""
+    return next(((rss, peak) for read, rss, peak in rows if read >= gb * 1e9), None)
+
+
+def baseline_checkout(dest: Path) -> bool:
+    """The pipeline's files as of BASELINE_COMMIT, into `dest`; False when git cannot give them."""
+    dest.mkdir(parents=True)
+    for name in PIPELINE_FILES:
+        proc = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:{name}"], cwd=REPO, capture_output=True)
+        if proc.returncode != 0:
+            return False
+        (dest / name).write_bytes(proc.stdout)
+    return True
+
+
+def memory_bench(args: argparse.Namespace) -> int:
+    """Before vs after on the same corpus and tokenizer: RSS at MARKS_GB of input read."""
+    source = Path(args.memory_text) if args.memory_text else None
+    if source is None:  # the throughput corpus generator's text, as sentences to rebuild from
+        source = Path(tempfile.gettempdir()) / "bench_tokenize_corpus_30MB.txt"
+        if not source.exists():
+            make_corpus(source, 30)
+    key = hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}".encode()).hexdigest()[:8]
+    corpus = Path(tempfile.gettempdir()) / f"bench_tokenize_growing_{args.memory_gb:g}GB_{key}.txt"
+    if not corpus.exists():
+        print(f"[bench] generating {corpus} from {source} ...", file=sys.stderr, flush=True)
+        make_growing_corpus(source, corpus, int(args.memory_gb * 1e9))
+    work = Path(tempfile.mkdtemp(prefix="bench_tokenize_memory_"))
+    started = time.time()
+    head = work / "head.txt"  # the tokenizer is trained on the first 50 MB
+    with open(corpus, "rb") as f:
+        data = f.read(50_000_000)
+    head.write_bytes(data[:data.rfind(EOT.encode()) + len(EOT)])
+    cli(["--input", str(head), "--vocab_size", "32000", "--output_dir", str(work / "tok")], "train 32k BPE on 50 MB")
+    tok = work / "tok" / "bpe_tokenizer.json"
+    runs = {}
+    baseline = work / "baseline"
+    versions = ([("before", baseline)] if baseline_checkout(baseline) else []) + [("after", REPO)]
+    for name, code in versions:
+        out = work / f"out_{name}"
+        cmd = [sys.executable, str(code / "tokenize_local_bpe.py"), "--input", str(corpus), "--tokenizer", str(tok),
+               "--compress", "--output_dir", str(out)]
+        rows, seconds = run_sampled(cmd, code, corpus, f"tokenize {corpus.stat().st_size / 1e9:.1f} GB ({name})")
+        meta = json.loads((out / "tokens_bpe_metadata.json").read_text())
+        runs[name] = {"rows": rows, "rate": corpus.stat().st_size / 1e6 / seconds, "sha": meta["bin_sha256"]}
+        shutil.rmtree(out)
+    shutil.rmtree(work)
+    lines = ["| input read | " + " | ".join(f"{n}: RSS MB | {n}: peak RSS MB" for n in runs) + " |",
+             "|---|" + "---|---|" * len(runs)]
+    for gb in MARKS_GB:
+        cells = [at_mark(r["rows"], gb) for r in runs.values()]
+        if all(cells):
+            lines.append(f"| {gb:g} GB | " + " | ".join(f"{rss:,.0f} | {peak:,.0f}" for rss, peak in cells) + " |")
+    notes = []
+    lo, hi = MARKS_GB[0], MARKS_GB[-1]
+    for name, r in runs.items():
+        a, b = at_mark(r["rows"], lo), at_mark(r["rows"], hi)
+        growth = f"{b[1] - a[1]:+,.0f} MB" if a and b else "not measured (corpus too small)"
+        notes.append(f"{name}: peak RSS grew {growth} between {lo:g} and {hi:g} GB read; {r['rate']:.1f} MB/s "
+                     f"end to end (whole command).")
+    if len(runs) == 2:
+        notes.append(f"The two .bin files are identical (sha256): {runs['before']['sha'] == runs['after']['sha']}.")
+    notes.append(f"Bench wall time {time.time() - started:.0f}s.")
+    table, cmd = "\n".join(lines), "flock /tmp/cpu.lock python bench/bench_tokenize.py --memory"
+    print(table + "\n" + "\n".join(notes))
+    if args.memory_gb >= MARKS_GB[-1]:  # a shorter run only prints
+        write_section("## Memory over a long run", (
+            f"Machine: 2-core AMD EPYC CPU ({platform.python_implementation()} {platform.python_version()}). "
+            f"Command: `{cmd}{' --memory_text ' + args.memory_label if args.memory_label else ''}`\n\n"
+            f"Corpus: {corpus.stat().st_size / 1e9:.1f} GB of web-like documents built by make_growing_corpus from "
+            f"{args.memory_label or source.name}; tokenizer: a 32k BPE trained on its first 50 MB; `--compress`, "
+            f"tiktoken encoder, all cores. RSS and peak RSS (VmRSS, VmHWM) sampled every 0.2 s against the "
+            f"offset read in the input file. before = commit {BASELINE_COMMIT}, after = this version.\n\n"
+            f"{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"))
+    return 0 if len(runs) < 2 or runs["before"]["sha"] == runs["after"]["sha"] else 1
+
+
+def write_section(heading: str, body: str) -> None:
+    """Replace (or add) one `## ` section of RESULTS, keeping the others."""
+    old = RESULTS.read_text() if RESULTS.exists() else RESULTS_TITLE + "\n"
+    parts = re.split(r"(?m)^(?=## )", old)
+    sections = {p.splitlines()[0]: p for p in parts[1:]}
+    sections[heading] = f"{heading}\n\n{body.rstrip()}\n\n"
+    order = ["## Throughput", "## Memory over a long run"]
+    text = RESULTS_TITLE + "\n\n" + "".join(sections[h] for h in sorted(sections, key=lambda h: (
+        order.index(h) if h in order else len(order), h)))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text.rstrip() + "\n")
+    print(f"wrote {RESULTS}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="~30 MB corpus, prints only")
@@ -212,7 +410,15 @@ def main(argv=None) -> int:
     p.add_argument("--train_rss_mb", type=float, default=None,
                    help="also train on this many MB of heavy-tailed text, for the trainer's peak RSS "
                         "(default 100; quick 0)")
+    p.add_argument("--memory", action="store_true",
+                   help="instead: RSS against input read, before (commit %s) and after the fix" % BASELINE_COMMIT)
+    p.add_argument("--memory_gb", type=float, default=2.2, help="--memory corpus size in GB (default 2.2)")
+    p.add_argument("--memory_text", default=None,
+                   help="--memory: real text (.txt or .txt.gz) whose sentences make the corpus (default: generated)")
+    p.add_argument("--memory_label", default=None, help="--memory: what --memory_text is, for the results file")
     args = p.parse_args(argv)
+    if args.memory:
+        return memory_bench(args)
     size = args.size_mb or (30 if args.quick else 200)
     sample = args.sample or ("10M" if args.quick else "40M")
     corpus = Path(tempfile.gettempdir()) / f"bench_tokenize_corpus_{size:g}MB.txt"
@@ -301,13 +507,10 @@ def main(argv=None) -> int:
     print(table)
     print("\n".join(notes))
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
-            "# Tokenization throughput (tokenize_local_bpe.py)\n\n"
+        write_section("## Throughput", (
             f"Machine: 2-core AMD EPYC CPU, torch 2.13.0 ({platform.python_implementation()} "
             f"{platform.python_version()}); date 2026-11-27.\nCommand: `{cmd}`\n\n{table}\n\n"
-            + "\n".join(f"- {n}" for n in notes) + "\n")
-        print(f"wrote {RESULTS}", file=sys.stderr)
+            + "\n".join(f"- {n}" for n in notes) + "\n"))
     if not same:
         print("ERROR: hf and tiktoken .bin differ", file=sys.stderr)
         return 1

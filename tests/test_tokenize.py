@@ -302,7 +302,7 @@ def test_interrupted_run_leaves_previous_outputs_and_no_temp_files(trained, tmp_
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(token_writer.Sink, "write", interrupted)
+    monkeypatch.setattr(token_writer.TokenFileWriter, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
                 "--compress", "--output_dir", str(out)])
@@ -439,3 +439,93 @@ def test_bounded_memory_on_tens_of_mb(trained, tmp_path):
     meta = json.loads((tmp_path / "big" / "tokens_bpe_metadata.json").read_text())
     assert meta["source_bytes"] > 60e6 and meta["num_documents"] > 100
     assert peaks["big"] < 2048 and peaks["big"] - peaks["small"] < 40, peaks
+
+
+def bin_decodes(out: Path, prefix: str, tok_name: str) -> list[tuple[int, int]]:
+    """(num_bytes from the metadata, UTF-8 bytes of the whole .bin decoded) for each split written."""
+    tok = load_tokenizer(out / tok_name)
+    pairs = []
+    for split in ("", "_val"):
+        if (out / f"{prefix}{split}_metadata.json").exists():
+            meta = json.loads((out / f"{prefix}{split}_metadata.json").read_text())
+            ids = np.fromfile(out / f"{prefix}{split}.bin", dtype=meta["dtype"])
+            pairs.append((meta["num_bytes"], len(tok.decode(ids.tolist()).encode("utf-8"))))
+    return pairs
+
+
+def test_num_bytes_is_the_size_of_the_text_each_bin_decodes_to(trained, tmp_path):
+    """num_bytes (for bits per byte) == len(decode(all ids).encode()) for the train and val files: BPE on
+    both encoders, char, a reused char tokenizer lacking characters (they decode as U+FFFD, not as the
+    input) and a non-ASCII extra special token (HF decodes its bytes as invalid UTF-8)."""
+    text = cleaned_text(300, seed=12) + "last document without an end marker 東京\r\n"
+    write(tmp_path / "in.txt", text)
+    val = ["--val_fraction", "0.1"]
+    for enc in ("tiktoken", "hf"):
+        out = tmp_path / f"bpe_{enc}"
+        assert T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
+                       "--encoder", enc, "--output_dir", str(out), *val]) == 0
+        pairs = bin_decodes(out, "tokens_bpe", "bpe_tokenizer.json")
+        assert len(pairs) == 2 and all(meta == decoded for meta, decoded in pairs), pairs
+        assert sum(meta for meta, _ in pairs) == len((text + EOT_TOKEN).encode())  # byte-level: all of the input
+    assert T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer_type", "char", "--output_dir",
+                   str(tmp_path / "char"), *val]) == 0
+    pairs = bin_decodes(tmp_path / "char", "tokens_char", "char_tokenizer.json")
+    assert len(pairs) == 2 and all(meta == decoded for meta, decoded in pairs), pairs
+
+    CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ").save(tmp_path / "few_chars.json")
+    assert T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(tmp_path / "few_chars.json"),
+                   "--output_dir", str(tmp_path / "few"), *val]) == 0
+    pairs = bin_decodes(tmp_path / "few", "tokens_char", "char_tokenizer.json")
+    assert all(meta == decoded for meta, decoded in pairs), pairs
+    assert sum(meta for meta, _ in pairs) != len((text + EOT_TOKEN).encode())  # 東京 etc. became U+FFFD
+
+    write(tmp_path / "tool.txt", "call <|tööl|> now, café<|endoftext|>" * 40)
+    assert T.main(["--input", str(tmp_path / "tool.txt"), "--vocab_size", "300", "--special_tokens", "<|tööl|>",
+                   "--output_dir", str(tmp_path / "tool")]) == 0
+    [(meta, decoded)] = bin_decodes(tmp_path / "tool", "tokens_bpe", "bpe_tokenizer.json")
+    assert meta == decoded != (tmp_path / "tool.txt").stat().st_size
+
+
+def test_num_bytes_of_a_tokenizer_decoding_otherwise_counts_the_input_text(tmp_path):
+    """A reused tokenizer whose decoder is not byte-level (Metaspace drops a leading space): num_bytes is
+    then the UTF-8 size of the text encoded, EOTs included."""
+    text = cleaned_text(60, seed=13)
+    write(tmp_path / "in.txt", text)
+    tok_file = _reused_tokenizer(tmp_path / "metaspace.json", "metaspace first", text)
+    assert T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(tok_file), "--val_fraction", "0.2",
+                   "--output_dir", str(tmp_path / "out")]) == 0
+    metas = [json.loads((tmp_path / "out" / f"tokens_bpe{s}_metadata.json").read_text()) for s in ("", "_val")]
+    assert sum(m["num_bytes"] for m in metas) == len(text.encode()) and min(m["num_bytes"] for m in metas) > 0
+
+
+def test_large_buffers_get_their_own_mapping_after_a_larger_one_is_freed():
+    """glibc's default: freeing a 16 MB buffer raises its mmap threshold to 16 MB, so the next 4 MB
+    block comes from the heap, where such blocks fragment (RSS grew with the input read). After
+    keep_large_buffers_off_the_heap it is mapped on its own (mallinfo2's hblkhd counts those bytes)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt is glibc's")
+    code = f"""
+import ctypes, sys
+sys.path.insert(0, {str(REPO)!r})
+import tokenize_local_bpe as T
+applied = T.keep_large_buffers_off_the_heap() if sys.argv[1] == "set" else None
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+                                                "fordblks keepcost").split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+mapped = libc.mallinfo2().hblkhd
+big = bytearray(16 << 20)
+del big
+block = bytearray(4 << 20)
+print(applied, libc.mallinfo2().hblkhd - mapped)
+"""
+    results = {}
+    for mode in ("default", "set"):
+        r = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120)
+        if "mallinfo2" in r.stderr:
+            pytest.skip("a C library without mallinfo2 (glibc < 2.33)")
+        assert r.returncode == 0, r.stderr
+        results[mode] = r.stdout.split()
+    assert results["default"][0] == "None" and int(results["default"][1]) < 4 << 20  # from the heap
+    assert results["set"][0] == "True" and int(results["set"][1]) >= 4 << 20  # its own mapping
