@@ -263,7 +263,6 @@ def test_char_path_and_uint32(tmp_path):
 
 def test_uint16_with_a_large_vocab_is_refused_before_any_work(tmp_path):
     write(tmp_path / "in.txt", cleaned_text(20))
-    t = time.time()
     r = run(["--input", str(tmp_path / "in.txt"), "--vocab_size", "70000", "--dtype", "uint16",
              "--output_dir", str(tmp_path / "out")])
     assert r.returncode == 2 and r.stderr.startswith("error: --dtype uint16") and "training" not in r.stderr
