@@ -272,10 +272,10 @@ def describe_outputs(step: Step, paths: Paths) -> None:
     if step.name == "train":
         state = latest_state(paths.ckdir)
         if state:
-            val = state.get("val_loss")
+            val, bpb = state.get("val_loss"), state.get("val_bpb")
             say(f"  made {show_path(paths.ckdir)}/latest -> step_{state['step']:08d}: step {state['step']:,}, "
                 f"epoch {state['epoch']:g}, train loss {state['train_loss']:.4f}, "
-                f"val loss {'n/a' if val is None else f'{val:.4f}'}")
+                f"val loss {'n/a' if val is None else f'{val:.4f}'}, val bpb {'n/a' if bpb is None else f'{bpb:.4f}'}")
         for extra in ("metrics.jsonl", "loss_curve.png"):
             f = paths.ckdir / extra
             if f.is_file():
@@ -414,7 +414,7 @@ def evaluate(paths: Paths, scale: Scale, steps: list[Step], upstream: str, force
         "heldout": summarize_scores(items, preds), "heldout_file": str(paths.heldout),
         "examples": [examples[k] for k in sorted(examples)],
         "train": {"step": state["step"], "epoch": state["epoch"], "tokens_seen": state["tokens_seen"],
-                  "train_loss": state["train_loss"], "val_loss": state.get("val_loss"),
+                  "train_loss": state["train_loss"], "val_loss": state.get("val_loss"), "val_bpb": state.get("val_bpb"),
                   "wall_time_s": state["wall_time_s"], "dtype": state.get("dtype"),
                   "tokens_per_sec": round(sum(tps[-20:]) / len(tps[-20:])) if tps else None},
         "model": {**config, "parameters": model.num_parameters()},
@@ -470,8 +470,9 @@ def report(results: dict, steps: list[Step], run_seconds: float) -> str:
               f"{'right' if e['correct'] else 'wrong'} |" for e in r["examples"]]
     total = sum(s.seconds for s in steps) + r["eval_seconds"]
     val = f"{t['val_loss']:.4f}" if t["val_loss"] is not None else "n/a"
+    bpb = f", {t['val_bpb']:.4f} bits per byte" if t.get("val_bpb") is not None else ""
     tps = f", {t['tokens_per_sec']:,} tokens/s" if t["tokens_per_sec"] else ""
-    lines += ["", f"Final loss: train {t['train_loss']:.4f}, validation {val} (step {t['step']:,}, "
+    lines += ["", f"Final loss: train {t['train_loss']:.4f}, validation {val}{bpb} (step {t['step']:,}, "
                   f"{t['tokens_seen']:,} tokens seen, {t['dtype']}{tps}).",
               "Loss curve: " + (show_path(r["loss_curve"]) if r["loss_curve"] else
                                 "not drawn (install matplotlib: pip install -r requirements-extra.txt)"),

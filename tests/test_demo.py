@@ -65,6 +65,7 @@ def test_demo_quick_builds_every_step_resumes_and_reuses(tmp_path):
     folder = ck / (ck / "latest").read_text().strip()
     state = json.loads((folder / "trainer_state.json").read_text())
     assert state["epoch"] == 1 and state["step"] > 1
+    assert 0 < state["val_bpb"] < 8 and isinstance(meta["num_bytes"], int)  # bits per byte of the validation text
     assert (folder / "tokenizer.json").read_bytes() == (tok / "bpe_tokenizer.json").read_bytes()
     assert (folder / "pytorch_model.bin").stat().st_size > 100_000
     metrics = [json.loads(line) for line in (ck / "metrics.jsonl").read_text().splitlines()]
@@ -84,6 +85,7 @@ def test_demo_quick_builds_every_step_resumes_and_reuses(tmp_path):
     h = results["heldout"]["all"]
     assert h["total"] == 24 and f"**{h['correct']}/24 = {100 * h['accuracy']:.1f}%**" in report
     assert f"train {state['train_loss']:.4f}" in report and "loss_curve.png" in report
+    assert f"{state['val_bpb']:.4f} bits per byte" in report and results["train"]["val_bpb"] == state["val_bpb"]
     assert re.search(r"Time to build everything: \d+\.\d min", report)
 
     # 3) a lost output file: only its step runs again (same bytes, so nothing after it is redone)
