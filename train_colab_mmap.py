@@ -36,7 +36,7 @@ from train_step import (StopSignals, agree_on, build_optimizers, evaluate, forwa
                         probe_micro_batch, roll_back, step_record)
 
 OPTIMIZERS, SCHEDULES = ("muon", "adamw"), ("wsd", "cosine")
-DEFAULT_MUON_LR = 0.02
+DEFAULT_MUON_LR = 0.006  # with match_rms_adamw, near AdamW-sized updates: bench/results/learning.md
 
 
 def number(kind: type, rule: str, ok) -> object:
