@@ -10,7 +10,7 @@ A record is {"messages": [{"role", "content"}]}, {"conversations": [{"from", "va
 a bare JSON string. A conversation becomes one document in tokenizer_bpe.render_chat's format;
 messages of other roles (tool, function) are skipped and counted.
 
-Each document is cleaned, filtered and deduplicated by the rules of text_cleaning.py. Output: txt,
+Each document is cleaned, filtered and deduplicated by the rules of dataset_cleaner_rules.py. Output: txt,
 "doc1<|endoftext|>doc2<|endoftext|>" with no newline added (so the tokenizer decodes back exactly
 these bytes), or jsonl, {"text": doc} per line; .gz allowed. A stats table ends the run and is saved
 as JSON (--stats_file, default OUTPUT.stats.json). The output is the same bytes for any --workers,
@@ -39,13 +39,13 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 import tokenizer_bpe
-from cleaner_inputs import FileReader, LineBlock, ReplacedBytes, Unit, WorkItem, block_units, expand_inputs
+from dataset_cleaner_inputs import FileReader, LineBlock, ReplacedBytes, Unit, WorkItem, block_units, expand_inputs
 from common import ArgParser, UserError, atomic_path, atomic_write_json, cli_main
-from text_cleaning import (CleanOptions, Deduper, clean_content, clean_document, clean_text, exact_hash,
+from dataset_cleaner_rules import (CleanOptions, Deduper, clean_content, clean_document, clean_text, exact_hash,
                            filters_apply, minhash_band_keys, neutralize_special_tokens, quality_reason)
 from tokenizer import EOT_TOKEN as EOT
 
-# the notebook API; clean_text comes from text_cleaning
+# the notebook API; clean_text comes from dataset_cleaner_rules
 __all__ = ["EOT", "CleanOptions", "CleanStats", "Document", "clean_files", "clean_text", "expand_inputs",
            "iter_documents", "main", "record_to_document", "render_chat"]
 
@@ -186,7 +186,7 @@ def _encode(doc: str, fmt: str) -> bytes:
 
 
 def _process(item: WorkItem, options: CleanOptions, fmt: str) -> BlockResult:
-    """Worker: one work item (cleaner_inputs.py) -> its BlockResult."""
+    """Worker: one work item (dataset_cleaner_inputs.py) -> its BlockResult."""
     if isinstance(item, LineBlock):
         result = BlockResult(item.path, ReplacedBytes())
         units = block_units(item, options, result.replaced)  # decodes lazily, counting into result.replaced

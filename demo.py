@@ -381,7 +381,7 @@ def evaluate(paths: Paths, scale: Scale, steps: list[Step], upstream: str, force
             say(f"  up to date, skipped ({show_path(paths.results_json)} matches the checkpoint)")
             return {**old, "reused": True}
     from generate import generate_text
-    from heldout import load_heldout, score_answer, summarize_scores
+    from demo_heldout import load_heldout, score_answer, summarize_scores
 
     t0 = time.time()
     model, tok, folder = load_seed_snippet(paths.ckdir)
@@ -436,7 +436,7 @@ def same_answers(snippet: Sequence[str], generate_py: Sequence[str]) -> bool:
 
 
 def seed_keys() -> list[str]:
-    """What a correct answer to each seed prompt must contain (heldout.score_answer keys)."""
+    """What a correct answer to each seed prompt must contain (demo_heldout.score_answer keys)."""
     from sample_data import FEATURED, load_facts
     capitals, definitions = load_facts()
     return [next(c.capital for c in capitals if c.country == FEATURED["capital"].name),

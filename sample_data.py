@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from common import ArgParser, UserError, atomic_path, cli_main, read_json
-from heldout import HeldoutItem, score_answer, write_heldout
+from demo_heldout import HeldoutItem, score_answer, write_heldout
 
 FACTS_DIR = Path(__file__).resolve().parent / "data_facts"
 MB = 1_000_000

@@ -31,7 +31,7 @@ files. Decoding a .bin gives back its documents byte for byte. Its metadata:
 Every file is written under a temporary name and renamed once all are done, the metadata last: a
 metadata file means its .bin is complete, and a failed run leaves the previous outputs as they were.
 
-Reading is corpus_stream.py, writing token_writer.py.
+Reading is tokenize_corpus.py, writing tokenize_writer.py.
 """
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ import numpy as np
 from tqdm import tqdm
 
 from common import ArgParser, UserError, cli_main, sha256_file
-from corpus_stream import (HARD_CARRY_CHARS, Block, DocumentReader, check_inputs, count_documents, expand_inputs,
+from tokenize_corpus import (HARD_CARRY_CHARS, Block, DocumentReader, check_inputs, count_documents, expand_inputs,
                            read_text, sample_has_chat, training_sample)
-from token_writer import OutputDirLock, OutputFiles, TokenFileWriter, WriterThread
+from tokenize_writer import OutputDirLock, OutputFiles, TokenFileWriter, WriterThread
 from tokenizer import (CHAT_SPECIAL_TOKENS, EOT_TOKEN, REPLACEMENT_CHAR, CharTokenizer, load_tokenizer,
                        special_tokens_for)
 
@@ -217,7 +217,7 @@ class CharArrayEncoder:
 
 # ---------------------------------------------------------------------------- main
 
-SPLITS = ("train", "val")  # a split's index is its number in corpus_stream.Block
+SPLITS = ("train", "val")  # a split's index is its number in tokenize_corpus.Block
 
 
 def output_names(out_dir: Path, prefix: str | None, kind: str) -> dict:
@@ -333,7 +333,7 @@ def keep_large_buffers_off_the_heap() -> bool:
 
 def count_documents_for_split(files: Sequence[Path], val_fraction: float) -> tuple[int, int]:
     """(documents in the corpus, how many go to the validation file); (0, 0) without a split. Which
-    ones is decided by position alone (corpus_stream.DocumentReader.split_of): evenly spread."""
+    ones is decided by position alone (tokenize_corpus.DocumentReader.split_of): evenly spread."""
     if not val_fraction:
         return 0, 0
     total_docs = count_documents(files)

@@ -74,7 +74,7 @@ def _merge_pairs(merges: list) -> list[tuple[str, str]]:
 def whitespace_cuts_exact(data: dict) -> tuple[bool, str]:
     """(True, "exact") when, for this `tokenizers` JSON dict, encoding text[:p] and text[p:] apart gives
     the ids of text wherever text[p] is a space, tab or newline after a non-whitespace character (GPT-2's
-    pre-tokenizer always splits there; corpus_stream cuts long documents there), else (False, reason).
+    pre-tokenizer always splits there; tokenize_corpus cuts long documents there), else (False, reason).
     These are tiktoken_conversion's checks of what surrounds the model, so a tokenizer tiktoken can
     encode always passes; the model itself only ever sees one pre-token at a time."""
     pre = data.get("pre_tokenizer") or {}

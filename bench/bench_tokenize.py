@@ -45,7 +45,7 @@ RESULTS = REPO / "bench" / "results" / "tokenize.md"
 RESULTS_TITLE = "# Tokenization (tokenize_local_bpe.py)"
 EOT = "<|endoftext|>"
 BASELINE_COMMIT = "30aaa95"  # the pipeline whose RSS grew with the input read
-PIPELINE_FILES = ("tokenize_local_bpe.py", "corpus_stream.py", "token_writer.py", "tokenizer.py", "tokenizer_bpe.py",
+PIPELINE_FILES = ("tokenize_local_bpe.py", "corpus_stream.py", "token_writer.py", "tokenizer.py", "tokenizer_bpe.py",  # names then
                   "common.py")
 MARKS_GB = (0.2, 0.5, 1.0, 1.5, 2.0)
 

@@ -1,4 +1,4 @@
-"""dataset_cleaner.py, cleaner_inputs.py and text_cleaning.py: formats, chat rendering, the special-token
+"""dataset_cleaner.py, dataset_cleaner_inputs.py and dataset_cleaner_rules.py: formats, chat rendering, the special-token
 trust boundary, each cleaning step, filters, dedup, workers, bad input. Small files in tmp_path; the CLI
 through subprocess."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import dataset_cleaner as dc
-import text_cleaning as tc
+import dataset_cleaner_rules as tc
 import tokenizer_bpe
 from common import UserError
 from dataset_cleaner import EOT, CleanOptions, clean_files, clean_text, render_chat
-from text_cleaning import normalize_text
+from dataset_cleaner_rules import normalize_text
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>")

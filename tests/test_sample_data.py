@@ -1,4 +1,4 @@
-"""sample_data.py and heldout.py: the demo's embedded corpus and held-out set (deterministic, disjoint,
+"""sample_data.py and demo_heldout.py: the demo's embedded corpus and held-out set (deterministic, disjoint,
 messy on purpose), and how answers are scored."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import heldout
+import demo_heldout
 import sample_data as sd
 from common import UserError
 
@@ -124,7 +124,7 @@ def test_heldout_facts_seen_and_unseen_as_declared(corpus, records):
     answers = {a for _, a in qa_pairs(records[0])}
     user_text = "\n".join(q for q, _ in qa_pairs(records[0]))
     for item in items:
-        assert heldout.score_answer(item.expected, item.reference) and not heldout.score_answer(item.expected, item.prompt)
+        assert demo_heldout.score_answer(item.expected, item.reference) and not demo_heldout.score_answer(item.expected, item.prompt)
         operands = re.match(r"(\d+) (plus|minus|times|divided by) (\d+) is", item.reference)
         if item.split == "unseen_phrasing":
             assert item.reference in answers  # the fact itself is taught
@@ -177,34 +177,34 @@ def _is_json(line: str) -> bool:
 
 
 def test_score_answer():
-    assert heldout.score_answer("Paris", "The capital of France is Paris.")
-    assert heldout.score_answer("paris", "THE CAPITAL OF FRANCE IS PARIS")
-    assert heldout.score_answer("Bogota", "The capital of Colombia is Bogotá.")
-    assert heldout.score_answer("learn from data", "It lets computers learn  from\ndata.")
-    assert not heldout.score_answer("12", "7 plus 5 is 112.")
-    assert not heldout.score_answer("Tunis", "The capital of Tunisia is Tripoli.")
-    assert not heldout.score_answer("Paris", "The capital of France is Lyon.")
-    assert not heldout.score_answer("", "anything")
+    assert demo_heldout.score_answer("Paris", "The capital of France is Paris.")
+    assert demo_heldout.score_answer("paris", "THE CAPITAL OF FRANCE IS PARIS")
+    assert demo_heldout.score_answer("Bogota", "The capital of Colombia is Bogotá.")
+    assert demo_heldout.score_answer("learn from data", "It lets computers learn  from\ndata.")
+    assert not demo_heldout.score_answer("12", "7 plus 5 is 112.")
+    assert not demo_heldout.score_answer("Tunis", "The capital of Tunisia is Tripoli.")
+    assert not demo_heldout.score_answer("Paris", "The capital of France is Lyon.")
+    assert not demo_heldout.score_answer("", "anything")
 
 
 def test_load_heldout_and_summarize(tmp_path, corpus):
     proc, _, held = run_cli(tmp_path, "h", "--size_mb", str(SIZE_MB))
     assert proc.returncode == 0, proc.stderr
-    items = heldout.load_heldout(held)
+    items = demo_heldout.load_heldout(held)
     assert items == corpus.heldout
-    perfect = heldout.summarize_scores(items, [i.reference for i in items])
+    perfect = demo_heldout.summarize_scores(items, [i.reference for i in items])
     assert perfect["all"] == {"correct": len(items), "total": len(items), "accuracy": 1.0}
     assert perfect["capital/unseen_phrasing"]["total"] >= 150
-    half = heldout.summarize_scores(items, [i.reference if n % 2 else "I don't know." for n, i in enumerate(items)])
+    half = demo_heldout.summarize_scores(items, [i.reference if n % 2 else "I don't know." for n, i in enumerate(items)])
     assert half["all"]["correct"] == len(items) // 2
     with pytest.raises(ValueError):
-        heldout.summarize_scores(items, [])
+        demo_heldout.summarize_scores(items, [])
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "x"}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"broken\.jsonl:1"):
-        heldout.load_heldout(broken)
+        demo_heldout.load_heldout(broken)
     with pytest.raises(UserError, match="not found"):
-        heldout.load_heldout(tmp_path / "missing.jsonl")
+        demo_heldout.load_heldout(tmp_path / "missing.jsonl")
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path):

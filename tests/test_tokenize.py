@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import corpus_stream
-import token_writer
+import tokenize_corpus
+import tokenize_writer
 import tokenize_local_bpe as T
 from tokenizer import EOT_TOKEN, CharTokenizer, load_tokenizer
 
@@ -115,11 +115,11 @@ def test_long_documents_are_cut_where_ids_do_not_change(trained, tmp_path, monke
     """In-process with tiny limits: a 300 kB document is encoded in many pieces (our tokenizer is
     GPT-2-style, so it keeps the fast segment cuts); the ids equal those of encoding it whole,
     special tokens and whitespace runs included."""
-    monkeypatch.setattr(corpus_stream, "MAX_CARRY_CHARS", 20_000)
-    monkeypatch.setattr(corpus_stream, "BLOCK_BYTES", 7_000)
+    monkeypatch.setattr(tokenize_corpus, "MAX_CARRY_CHARS", 20_000)
+    monkeypatch.setattr(tokenize_corpus, "BLOCK_BYTES", 7_000)
     monkeypatch.setattr(T, "SEGMENT_CHARS", dict.fromkeys(T.SEGMENT_CHARS, 3_000))
     buffers, segments = [], []  # the text the reader holds per block: bounded by the limits above
-    whole_block = corpus_stream.DocumentReader._block
+    whole_block = tokenize_corpus.DocumentReader._block
 
     def block(self, buf, end, nbytes):
         buffers.append(len(buf))
@@ -127,7 +127,7 @@ def test_long_documents_are_cut_where_ids_do_not_change(trained, tmp_path, monke
         segments.extend(len(text) for _, text in b.segments)
         return b
 
-    monkeypatch.setattr(corpus_stream.DocumentReader, "_block", block)
+    monkeypatch.setattr(tokenize_corpus.DocumentReader, "_block", block)
     rng = random.Random(5)
     parts = ["word", "wörd", "東京", "x1", "'s", "don't", "!!", "<|user|>", "<|endoftext", "🙂", "12345", "\u3000"]
     spaces = [" ", "  ", "\n", "\r\n", "\t", " \n ", "    \r\n"]
@@ -173,19 +173,19 @@ def test_reused_tokenizer_whose_ids_change_at_cuts_encodes_each_document_whole(t
     """With a prefix space, a normalizer or a Metaspace pre-tokenizer, a piece of a document is not
     encoded as it is inside the whole: the .bin holds each document's own whole encode (its EOT
     included), however long the document and however small the read and segment sizes."""
-    monkeypatch.setattr(corpus_stream, "MAX_CARRY_CHARS", 6_000)
-    monkeypatch.setattr(corpus_stream, "HARD_CARRY_CHARS", 12_000)
-    monkeypatch.setattr(corpus_stream, "BLOCK_BYTES", 4_000)
+    monkeypatch.setattr(tokenize_corpus, "MAX_CARRY_CHARS", 6_000)
+    monkeypatch.setattr(tokenize_corpus, "HARD_CARRY_CHARS", 12_000)
+    monkeypatch.setattr(tokenize_corpus, "BLOCK_BYTES", 4_000)
     monkeypatch.setattr(T, "SEGMENT_CHARS", dict.fromkeys(T.SEGMENT_CHARS, 1_000))
     segments = []
-    whole_block = corpus_stream.DocumentReader._block
+    whole_block = tokenize_corpus.DocumentReader._block
 
     def block(self, buf, end, nbytes):
         b = whole_block(self, buf, end, nbytes)
         segments.extend(text for _, text in b.segments)
         return b
 
-    monkeypatch.setattr(corpus_stream.DocumentReader, "_block", block)
+    monkeypatch.setattr(tokenize_corpus.DocumentReader, "_block", block)
     rng = random.Random(7)
     words = ["Word", "wörd", "ＡＢＣ", "ﬁne", "x1", "don't", "!!", "東京", "🙂", "12345"]
     long_doc = "".join(rng.choice(words) + rng.choice([" ", "\n", "  ", "\t", "\r\n", " \n"])
@@ -293,7 +293,7 @@ def test_interrupted_run_leaves_previous_outputs_and_no_temp_files(trained, tmp_
     for name in SEED_FILES:
         (out / name).write_bytes(b"previous")
     write(tmp_path / "in.txt", cleaned_text(3000))
-    monkeypatch.setattr(corpus_stream, "BLOCK_BYTES", 50_000)
+    monkeypatch.setattr(tokenize_corpus, "BLOCK_BYTES", 50_000)
     calls = []
 
     def interrupted(self, ids):  # Ctrl-C while the second block is being written
@@ -301,7 +301,7 @@ def test_interrupted_run_leaves_previous_outputs_and_no_temp_files(trained, tmp_
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(token_writer.TokenFileWriter, "write", interrupted)
+    monkeypatch.setattr(tokenize_writer.TokenFileWriter, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         T.main(["--input", str(tmp_path / "in.txt"), "--tokenizer", str(trained / "bpe_tokenizer.json"),
                 "--compress", "--output_dir", str(out)])

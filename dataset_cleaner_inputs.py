@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from common import UserError
-from text_cleaning import CleanOptions
+from dataset_cleaner_rules import CleanOptions
 from tokenizer import EOT_TOKEN as EOT
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def expand_inputs(paths: Iterable[str | os.PathLike], exclude: Iterable[str | os
 
 # ---------------------------------------------------------------------------- decoding
 
-_replaced_count = [0]  # bytes replaced by the "cleaner_inputs.count" error handler in this process
+_replaced_count = [0]  # bytes replaced by the "dataset_cleaner_inputs.count" error handler in this process
 
 
 def _count_and_replace(e: UnicodeError) -> tuple[str, int]:
@@ -133,7 +133,7 @@ def _count_and_replace(e: UnicodeError) -> tuple[str, int]:
     return "\ufffd", e.end
 
 
-codecs.register_error("cleaner_inputs.count", _count_and_replace)
+codecs.register_error("dataset_cleaner_inputs.count", _count_and_replace)
 
 
 def _decode_counting(b: bytes, path: str, offset: int, gz: bool, strict: bool, replaced: ReplacedBytes) -> str:
@@ -146,7 +146,7 @@ def _decode_counting(b: bytes, path: str, offset: int, gz: bool, strict: bool, r
                             f"{' of the decompressed data' if gz else ''}; fix the file or drop --strict to "
                             f"replace undecodable bytes with U+FFFD") from None
         _replaced_count[0] = 0
-        text = b.decode("utf-8", "cleaner_inputs.count")
+        text = b.decode("utf-8", "dataset_cleaner_inputs.count")
         replaced.add(_replaced_count[0], offset + e.start)
         return text
 
