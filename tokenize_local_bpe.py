@@ -195,19 +195,20 @@ class CharArrayEncoder:
 
     def __init__(self, tok: CharTokenizer) -> None:
         first = len(tok.special_tokens)
-        self.lut = np.full(0x110000, tok.token_to_index[REPLACEMENT_CHAR], dtype=np.uint32)
+        self.id_of_code_point = np.full(0x110000, tok.token_to_index[REPLACEMENT_CHAR], dtype=np.uint32)
         chars = tok.id_to_token[first:]
-        self.lut[[ord(c) for c in chars]] = np.arange(first, first + len(chars), dtype=np.uint32)
-        self.ids = tok.token_to_index
+        self.id_of_code_point[[ord(c) for c in chars]] = np.arange(first, first + len(chars), dtype=np.uint32)
+        self.token_to_index = tok.token_to_index
+        # a capturing group: split() keeps the special tokens, at the odd positions
         self.special_re = re.compile("(" + "|".join(map(re.escape, sorted(tok.special_tokens, key=len,
                                                                              reverse=True))) + ")")
 
     def _plain(self, text: str) -> np.ndarray:
-        return self.lut[np.frombuffer(text.encode("utf-32-le"), dtype="<u4")]
+        return self.id_of_code_point[np.frombuffer(text.encode("utf-32-le"), dtype="<u4")]
 
     def encode_np(self, text: str) -> np.ndarray:
         parts = self.special_re.split(text)
-        out = [self._plain(p) if i % 2 == 0 else np.array([self.ids[p]], dtype=np.uint32)
+        out = [self._plain(p) if i % 2 == 0 else np.array([self.token_to_index[p]], dtype=np.uint32)
                for i, p in enumerate(parts) if p]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.uint32)
 
@@ -452,8 +453,8 @@ def encode_corpus(files, tok, encoder, token_files: list[TokenFileWriter], dtype
     # for another decoder, the bytes of the text encoded
     lengths = tok.token_byte_lengths()
     byte_lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
-    watch = [m for m in CHAT_SPECIAL_TOKENS[:2] if m not in specials]
-    markers = 0
+    plain_chat_markers = [m for m in CHAT_SPECIAL_TOKENS[:2] if m not in specials]  # encoded as text: warned
+    marker_count = 0
     writer = WriterThread(token_files)
     writer.start()
     t = time.time()
@@ -483,8 +484,8 @@ def encode_corpus(files, tok, encoder, token_files: list[TokenFileWriter], dtype
             pending: deque = deque()  # (block, its encoding): at most two
             for block in reader:
                 texts = [text for _, text in block.segments]
-                if watch:
-                    markers += sum(text.count(m) for text in texts for m in watch)
+                if plain_chat_markers:
+                    marker_count += sum(text.count(m) for text in texts for m in plain_chat_markers)
                 pending.append((block, encoding.submit(encoder.encode_batch_numpy, texts)))
                 if len(pending) > 1:
                     write_block(*pending.popleft(), bar)
@@ -494,7 +495,7 @@ def encode_corpus(files, tok, encoder, token_files: list[TokenFileWriter], dtype
     except BaseException:
         writer.stop()
         raise
-    return Stats(time.time() - t, reader.appended_eot, reader.unsafe_cuts, markers)
+    return Stats(time.time() - t, reader.appended_eot, reader.unsafe_cuts, marker_count)
 
 
 def summarize(args, names: dict, splits: Sequence[str], token_files: list[TokenFileWriter], stats: Stats,
