@@ -7,7 +7,6 @@ A checkpoint folder holds config.json (the GPTConfig fields) and pytorch_model.b
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -286,17 +285,6 @@ class TransformerLanguageModel(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
-
-    def configure_optimizers(self, weight_decay: float, learning_rate: float,
-                             betas: tuple[float, float] = (0.9, 0.95),
-                             device_type: str = "cpu") -> torch.optim.AdamW:
-        """AdamW; weight decay only on >= 2-D tensors (matmuls, embeddings), never on biases and
-        LayerNorms. Fused kernel on CUDA when this torch has it."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     # ------------------------------------------------------------------ our checkpoint folders
 

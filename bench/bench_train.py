@@ -30,6 +30,7 @@ import train_colab_mmap as tcm  # noqa: E402
 from common import sha256_file  # noqa: E402
 from model import TransformerLanguageModel, get_config  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
+from train_step import build_optimizers  # noqa: E402
 
 VOCAB = 4096
 
@@ -51,7 +52,8 @@ def trainer_tokens_per_s(data_args: list[str], size: str, batch: int, steps: int
     argv = data_args + ["--model_size", size, "--batch_size", str(batch), "--max_steps", str(steps),
                         "--log_every_steps", str(skip), "--eval_every_steps", "0", "--val_fraction", "0",
                         "--save_every_steps", "0", "--save_every_minutes", "0", "--compile", "off",
-                        "--checkpoint_dir", str(ck), "--resume", "never", "--seed", "0"]
+                        "--checkpoint_dir", str(ck), "--resume", "never", "--seed", "0",
+                        "--optimizer", "adamw", "--schedule", "cosine"]  # the minimal loop's recipe
     with contextlib.redirect_stderr(open("/dev/null", "w")):
         assert tcm.main(argv) == 0
     recs = [json.loads(ln) for ln in (ck / "metrics.jsonl").read_text().splitlines()]
@@ -68,7 +70,7 @@ def minimal_tokens_per_s(size: str, batch: int, steps: int, skip: int, dtype: st
     torch.manual_seed(0)
     cfg = get_config(size, VOCAB)
     model = TransformerLanguageModel(cfg)
-    opt = model.configure_optimizers(0.1, 1e-3)
+    (opt,) = build_optimizers(model, "adamw", 1e-3, 1e-4, 0.0, 0.1, "cpu")
     fwd = torch.compile(model) if use_compile else model
     T = cfg.block_size
     rng = np.random.default_rng(0)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(s, flush=True)
         lines.append(s)
 
-    emit(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 units: {tcm.cpu_has_native_bf16()}")
+    emit(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     runs = {"tiny": (16, 12 if args.quick else 40, 4), "small": (8, 6 if args.quick else 16, 2)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             emit("\n| model | dtype | eager tok/s | compiled tok/s | compiled / eager | first compiled step (s) |")
             emit("|---|---|---|---|---|---|")
             for size, (batch, steps, skip) in runs.items():
-                dtype = tcm.choose_dtype("auto", torch.device("cpu"), get_config(size, VOCAB).n_embd)[0]
+                dtype = tcm.choose_dtype("auto", torch.device("cpu"), get_config(size, VOCAB), batch * 256)[0]
                 eager = minimal_tokens_per_s(size, batch, steps, skip, dtype, data)[0]
                 try:
                     comp, first = minimal_tokens_per_s(size, batch, steps, skip, dtype, data, use_compile=True)

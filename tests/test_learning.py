@@ -58,7 +58,10 @@ def test_muon_takes_exactly_the_block_matrices():
     assert len(in_muon) + len(decay) + len(no_decay) == len(names)  # every parameter exactly once
     assert [(g["peak_lr"], g["min_lr"]) for g in muon.param_groups] == [(0.02, pytest.approx(0.002))]
     (only,) = build_optimizers(model, "adamw", 1e-3, 1e-4, 0.02, 0.1, "cpu")
-    assert sum(len(g["params"]) for g in only.param_groups) == len(names)
+    decay, no_decay = only.param_groups  # AdamW alone: weight decay on every matrix, never on vectors
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
 
 
 def test_resume_keeps_the_saved_optimizer_and_refuses_another(data, tmp_path, capsys):
