@@ -34,3 +34,30 @@ def write_char_dataset(folder: Path, text: str, name: str = "data") -> dict:
     (folder / f"{name}_metadata.json").write_text(json.dumps(meta))
     return {"bin": folder / f"{name}.bin", "tok": folder / f"{name}_tok.json", "meta": folder / f"{name}_metadata.json",
             "ids": ids, "tokenizer": tok}
+
+
+def memorising_model(tokenizer, docs: list[str], block_size: int, n_embd: int, lr: float, steps: int):
+    """A 2-layer model trained on `docs` (whole documents, padded, loss on real tokens only) until it
+    has memorised them: the tests of generate.py and serve.py use it as a model that answers."""
+    import torch
+
+    from model import IGNORE_INDEX, GPTConfig, TransformerLanguageModel
+
+    torch.manual_seed(0)
+    ids = [tokenizer.encode(d) for d in docs]
+    T = max(map(len, ids)) - 1
+    x = torch.zeros(len(ids), T, dtype=torch.long)
+    y = torch.full((len(ids), T), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(ids):
+        x[i, :len(s) - 1] = torch.tensor(s[:-1])
+        y[i, :len(s) - 1] = torch.tensor(s[1:])
+    model = TransformerLanguageModel(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2,
+                                               n_head=4, n_embd=n_embd))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+    return model.eval()

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 from common import UserError  # noqa: E402
 from generate import (TextStream, stream_batch, chat_repl, generate, generate_text, load_checkpoint,  # noqa: E402
                       stream_text, window_keep)
+from char_data import memorising_model  # noqa: E402
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
 from tokenizer_bpe import BPETokenizer  # noqa: E402
@@ -55,24 +56,7 @@ def random_model(vocab_size: int, block_size: int = 32, seed: int = 0) -> Transf
 
 def train_chat_model(tokenizer) -> TransformerLanguageModel:
     """A tiny model that memorises CHAT_DOCS (about a second of training)."""
-    torch.manual_seed(0)
-    ids = [tokenizer.encode(d) for d in CHAT_DOCS]
-    T = max(map(len, ids)) - 1
-    x = torch.zeros(len(ids), T, dtype=torch.long)
-    y = torch.full((len(ids), T), -100, dtype=torch.long)
-    for i, s in enumerate(ids):
-        x[i, :len(s) - 1] = torch.tensor(s[:-1])
-        y[i, :len(s) - 1] = torch.tensor(s[1:])
-    model = TransformerLanguageModel(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=2,
-                                               n_head=4, n_embd=64))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    for _ in range(120):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.1
-    return model.eval()
+    return memorising_model(tokenizer, CHAT_DOCS, 128, 64, 3e-3, 120)
 
 
 @pytest.fixture(scope="module")

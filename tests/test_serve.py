@@ -43,6 +43,7 @@ from serve_engine import Engine, Job, Sampling  # noqa: E402
 from common import UserError  # noqa: E402
 from export_hf import export_hf  # noqa: E402
 from generate import generate_text, load_checkpoint  # noqa: E402
+from char_data import memorising_model  # noqa: E402
 from model import GPTConfig, TransformerLanguageModel  # noqa: E402
 from tokenizer import CharTokenizer, special_tokens_for  # noqa: E402
 from tokenizer_bpe import render_chat  # noqa: E402
@@ -62,24 +63,7 @@ GREEDY = dict(temperature=0, max_tokens=48)
 
 def train_chat_model(tokenizer) -> TransformerLanguageModel:
     """A tiny model that memorises CHAT_DOCS (about a second on one core)."""
-    torch.manual_seed(0)
-    ids = [tokenizer.encode(d) for d in CHAT_DOCS]
-    T = max(map(len, ids)) - 1
-    x = torch.zeros(len(ids), T, dtype=torch.long)
-    y = torch.full((len(ids), T), -100, dtype=torch.long)
-    for i, s in enumerate(ids):
-        x[i, :len(s) - 1] = torch.tensor(s[:-1])
-        y[i, :len(s) - 1] = torch.tensor(s[1:])
-    model = TransformerLanguageModel(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=192, n_layer=2,
-                                               n_head=4, n_embd=48))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    for _ in range(60):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.1
-    return model.eval()
+    return memorising_model(tokenizer, CHAT_DOCS, 192, 48, 1e-2, 60)
 
 
 class GatedModel(TransformerLanguageModel):
