@@ -402,7 +402,7 @@ def write_section(heading: str, body: str) -> None:
     """Replace (or add) one `## ` section of RESULTS, keeping the others."""
     old = RESULTS.read_text() if RESULTS.exists() else RESULTS_TITLE + "\n"
     parts = re.split(r"(?m)^(?=## )", old)
-    sections = {p.splitlines()[0]: p for p in parts[1:]}
+    sections = {p.splitlines()[0]: p.rstrip() + "\n\n" for p in parts[1:]}
     sections[heading] = f"{heading}\n\n{body.rstrip()}\n\n"
     order = ["## Throughput", "## Memory over a long run"]
     text = RESULTS_TITLE + "\n\n" + "".join(sections[h] for h in sorted(sections, key=lambda h: (
