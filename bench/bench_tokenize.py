@@ -280,33 +280,36 @@ def cli(args: list[str], label: str) -> dict:
 
 
 def run_sampled(cmd: list[str], cwd: Path, corpus: Path, label: str, env: dict | None = None,
-                every: float = 0.2) -> tuple[list, float]:
+                every: float = 0.2) -> tuple[list, float, float]:
     """Run `cmd`; every `every` s read its RSS and peak RSS (VmRSS, VmHWM) from /proc and how far it
-    has read `corpus` (the offset of its open file). Returns [(bytes read, RSS MB, peak MB)], seconds."""
+    has read `corpus` (the offset of its open file). Returns [(bytes read, RSS MB, peak MB)], the
+    seconds it took and the CPU seconds it used (user + system, all threads)."""
     print(f"[bench] {label} ...", file=sys.stderr, flush=True)
     target = os.path.realpath(corpus)
     t = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
         rows: list[tuple[int, float, float]] = []
-        while proc.poll() is None:
+        while not (waited := os.wait4(proc.pid, os.WNOHANG))[0]:
             try:
                 status = open(f"/proc/{proc.pid}/status").read()
                 offset = 0
                 for fd in os.listdir(f"/proc/{proc.pid}/fd"):
                     if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == target:
                         offset = max(offset, int(open(f"/proc/{proc.pid}/fdinfo/{fd}").read().split()[1]))
-            except OSError:  # the process (or the file descriptor) is gone
+            except OSError:  # the file descriptor closed while we read
                 continue
             kb = {ln.split(":")[0]: int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Vm")}
             if offset:
                 rows.append((offset, kb["VmRSS"] / 1024, kb["VmHWM"] / 1024))
             time.sleep(every)
         seconds = time.perf_counter() - t
+        _, code, usage = waited
+        proc.returncode = os.waitstatus_to_exitcode(code)
         if proc.returncode != 0:
             err.seek(0)
             sys.exit(f"{label} failed:\n{err.read()[-3000:]}")
-    return rows, seconds
+    return rows, seconds, usage.ru_utime + usage.ru_stime
 
 
 def at_mark(rows: list, gb: float) -> tuple[float, float] | None:
@@ -355,9 +358,11 @@ def memory_bench(args: argparse.Namespace) -> int:
         out = work / f"out_{i}"
         cmd = [sys.executable, str(code / "tokenize_local_bpe.py"), "--input", str(corpus), "--tokenizer", str(tok),
                "--compress", "--output_dir", str(out)]
-        rows, seconds = run_sampled(cmd, code, corpus, f"tokenize {corpus.stat().st_size / 1e9:.1f} GB ({name})", env)
+        rows, seconds, cpu = run_sampled(cmd, code, corpus, f"tokenize {corpus.stat().st_size / 1e9:.1f} GB ({name})",
+                                         env)
         meta = json.loads((out / "tokens_bpe_metadata.json").read_text())
-        runs[name] = {"rows": rows, "rate": corpus.stat().st_size / 1e6 / seconds, "sha": meta["bin_sha256"]}
+        runs[name] = {"rows": rows, "rate": corpus.stat().st_size / 1e6 / seconds, "cpu": cpu,
+                      "sha": meta["bin_sha256"]}
         shutil.rmtree(out)
     shutil.rmtree(work)
     lines = ["| input read | " + " | ".join(f"{n}: RSS MB | {n}: peak RSS MB" for n in runs) + " |",
@@ -372,7 +377,8 @@ def memory_bench(args: argparse.Namespace) -> int:
         a, b = at_mark(r["rows"], lo), at_mark(r["rows"], hi)
         growth = f"{b[1] - a[1]:+,.0f} MB" if a and b else "not measured (corpus too small)"
         notes.append(f"{name}: peak RSS grew {growth} between {lo:g} and {hi:g} GB read; {r['rate']:.1f} MB/s "
-                     f"end to end (whole command).")
+                     f"end to end (whole command), {r['cpu']:,.0f} CPU seconds.")
+    notes.append("MB/s follow the load of the shared machine; CPU seconds (user + system, from wait4) much less.")
     same = len({r["sha"] for r in runs.values()}) == 1
     notes.append(f"The {len(runs)} .bin files are identical (sha256): {same}.")
     notes.append(f"Bench wall time {time.time() - started:.0f}s.")
@@ -396,7 +402,7 @@ def write_section(heading: str, body: str) -> None:
     """Replace (or add) one `## ` section of RESULTS, keeping the others."""
     old = RESULTS.read_text() if RESULTS.exists() else RESULTS_TITLE + "\n"
     parts = re.split(r"(?m)^(?=## )", old)
-    sections = {p.splitlines()[0]: p for p in parts[1:]}
+    sections = {p.splitlines()[0]: p.rstrip() + "\n\n" for p in parts[1:]}
     sections[heading] = f"{heading}\n\n{body.rstrip()}\n\n"
     order = ["## Throughput", "## Memory over a long run"]
     text = RESULTS_TITLE + "\n\n" + "".join(sections[h] for h in sorted(sections, key=lambda h: (
