@@ -1,7 +1,5 @@
-"""Small helpers shared by the scripts: one-line errors, atomic writes, devices, checkpoints.
-
-Kept deliberately tiny: anything used by only one script lives in that script.
-"""
+"""Small helpers the scripts share: one-line errors, atomic writes, checkpoint folders, devices.
+Kept deliberately tiny: anything used by only one script lives in that script."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -18,38 +15,29 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 
 class UserError(ValueError):
-    """A bad input the user can fix. Its message is the single line we print:
-    it names the file or flag, the value, and the fix."""
+    """A bad input the user can fix; its message (the one line we print) names the file or flag, the value, the fix."""
 
 
 def cli_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a script's main(argv) and turn failures into one clear line and a non-zero exit.
-
-    A traceback is shown only with --debug (or GPT_DEBUG=1)."""
+    """Run a script's main(argv); a failure becomes one `error:` line and a non-zero exit (a traceback with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("GPT_DEBUG") == "1"
     try:
         code = main(args)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except OSError as e:  # a path that cannot be read or written: the user can fix it
-        if debug:
-            raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot read or write{where}: {e.strerror or e}; check the path, free disk space "
-              f"or choose another output location", file=sys.stderr)
-        sys.exit(2)
     except Exception as e:  # noqa: BLE001 - last line of defence for the CLI
-        if debug:
+        if "--debug" in args or os.environ.get("GPT_DEBUG") == "1":
             raise
-        print(f"error: {type(e).__name__}: {first_line(e, 300)} (rerun with --debug for the traceback)", file=sys.stderr)
-        sys.exit(1)
+        if isinstance(e, UserError):
+            line = str(e)
+        elif isinstance(e, OSError):  # a path that cannot be read or written: the user can fix it
+            line = (f"cannot read or write{f' {e.filename}' if e.filename else ''}: {e.strerror or e}; check the path, "
+                    f"free disk space or choose another output location")
+        else:
+            line = f"{type(e).__name__}: {first_line(e, 300)} (rerun with --debug for the traceback)"
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, (UserError, OSError)) else 1)  # 2: a bad input, 1: a bug
     sys.exit(code or 0)
 
 
@@ -64,8 +52,6 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, at most `limit` characters: enough for a one-line error."""
     return (str(error).strip().splitlines() or [""])[0][:limit]
 
-
-# ---------------------------------------------------------------------------- atomic writes
 
 def _give_default_mode(path: Path, base: int) -> None:
     """The mode a plain open()/mkdir() would have given under the current umask."""
@@ -82,15 +68,9 @@ def temp_file_beside(path: Path) -> Path:
     return Path(tmp)
 
 
-def temp_file_pattern(path: Path) -> re.Pattern:
-    """The names temp_file_beside(path) makes (mkstemp adds 8 characters of [a-z0-9_])."""
-    return re.compile(rf"\.tmp-{re.escape(path.name)}\.[a-z0-9_]{{8}}")
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is renamed over `path`,
-    on any failure it is removed, so `path` is either the old file or the whole new one."""
+    """Yield a temporary path beside `path`, renamed over it on success and removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = temp_file_beside(path)
@@ -98,7 +78,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        os.replace(tmp_path, path)  # `path` is either the old file or the whole new one
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -106,9 +86,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `final` (or at `tmp`); on success it replaces `final`
-    whole (an old one is moved to .old-NAME-PID, then removed), on any failure it is deleted: a
-    crash never leaves a half-written folder under the final name."""
+    """Yield an empty temporary folder beside `final` (or at `tmp`) that replaces `final` whole on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if tmp is None:
@@ -118,27 +96,21 @@ def atomic_dir(final: str | os.PathLike, tmp: str | os.PathLike | None = None) -
         tmp = Path(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        if final.exists():  # moved aside, then removed: a crash never leaves a half-written folder named `final`
             os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -164,20 +136,16 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "rege
         raise UserError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """The checkpoint folder `path` stands for: the trainer's `D/latest` file names the newest
-    complete step folder; else `D` itself when it holds config.json. Raises UserError otherwise."""
+    """The checkpoint folder `path` stands for: the step folder that the trainer's D/latest names, else D."""
     d = Path(path)
     if not d.exists():
         raise UserError(f"checkpoint directory not found: {d} (pass the --checkpoint_dir the trainer wrote)")
     pointer = d / "latest"
     if pointer.is_file():
         name = pointer.read_text(encoding="utf-8").strip()
-        target = d / name
-        if name and (target / "config.json").is_file():
-            return target
+        if name and (d / name / "config.json").is_file():
+            return d / name
         raise UserError(f"{pointer} points to '{name}', which has no config.json; "
                         f"delete {pointer} or point it at a complete step_* folder")
     if (d / "config.json").is_file():
@@ -185,23 +153,18 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     raise UserError(f"no checkpoint in {d}: expected {d}/latest or {d}/config.json")
 
 
-# ---------------------------------------------------------------------------- devices
-
 def pick_device(requested: str | None = None) -> "torch.device":  # noqa: F821
     """'cuda' > 'mps' > 'cpu' when `requested` is None or 'auto'; otherwise validate it."""
     import torch
 
+    mps = torch.backends.mps.is_available()
     if requested in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     dev = torch.device(requested)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {requested}: no CUDA GPU is visible to torch "
                         f"(torch {torch.__version__}); use --device cpu or install a CUDA build")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if dev.type == "mps" and not mps:
         raise UserError(f"--device {requested}: MPS is not available here; use --device cpu")
     return dev
 

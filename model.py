@@ -1,9 +1,6 @@
-"""GPT-2, exactly: config, model, KV cache for decoding, and our checkpoint folders.
-
-The architecture of HuggingFace GPT2LMHeadModel (weights map one to one: export_hf.py, import_hf.py):
-learned positions, pre-LayerNorm blocks with biases, fused QKV, tanh GELU, 4x MLP, GPT-2 init.
-A checkpoint folder holds config.json (the GPTConfig fields) and pytorch_model.bin (the state dict).
-"""
+"""GPT-2 exactly as HuggingFace's GPT2LMHeadModel, weight for weight (export_hf.py, import_hf.py): learned
+positions, pre-LayerNorm blocks with biases, fused QKV, tanh GELU, GPT-2 init. Also a KV cache for decoding and
+our checkpoint folders: config.json (the GPTConfig fields) + pytorch_model.bin (the state dict)."""
 from __future__ import annotations
 
 import dataclasses
@@ -82,12 +79,8 @@ def get_config(model_size: str, vocab_size: int, **overrides: Any) -> GPTConfig:
     return GPTConfig(**fields)
 
 
-# ---------------------------------------------------------------------------- KV cache
-
 class KVCache:
-    """Keys and values of every layer, preallocated to `max_len` slots, for incremental decoding.
-    `pad_lens` (one int per row) allows a left-padded batch: row b's first pad_lens[b] slots are
-    padding that no query attends to, and its first real token gets position 0."""
+    """Keys and values of every layer, preallocated to `max_len` slots, for incremental decoding."""
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, max_len: int | None = None,
@@ -96,6 +89,8 @@ class KVCache:
         shape = (config.n_layer, 2, batch_size, config.n_head, self.max_len, config.n_embd // config.n_head)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (L, 2, B, nh, max_len, hs): keys, values
         self.pos = 0  # slots filled so far
+        # a left-padded batch: row b's first pad_lens[b] slots are padding that no query attends to,
+        # and its first real token gets position 0
         self.pad_lens = None if pad_lens is None else torch.as_tensor(pad_lens, device=device, dtype=torch.long)
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -111,33 +106,22 @@ class KVCache:
         cache[1, :, :, self.pos:self.pos + T] = v
         return cache[0, :, :, :self.pos + T], cache[1, :, :, :self.pos + T]  # (B, nh, S, hs), S = pos + T
 
-    def position_ids(self, T: int, device: torch.device) -> torch.Tensor:
-        pos = torch.arange(self.pos, self.pos + T, device=device).unsqueeze(0)  # (1, T)
-        if self.pad_lens is None:
-            return pos
-        return (pos - self.pad_lens.unsqueeze(1)).clamp_min(0)  # (B, T): real tokens count from 0
-
     def attn_mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """True = attend, for T new queries over all S filled slots; None when is_causal says the same."""
-        S = self.pos + T
         if self.pad_lens is None and (self.pos == 0 or T == 1):
             return None
-        q = torch.arange(self.pos, S, device=device).view(T, 1)
-        k = torch.arange(S, device=device).view(1, S)
+        q = torch.arange(self.pos, self.pos + T, device=device).view(T, 1)
+        k = torch.arange(self.pos + T, device=device).view(1, -1)
         mask = k <= q  # (T, S) causal
-        if self.pad_lens is not None:
-            real = k.unsqueeze(0) >= self.pad_lens.view(-1, 1, 1)  # (B, 1, S)
-            mask = (mask.unsqueeze(0) & real) | (k == q).unsqueeze(0)  # (B, T, S); a pad query sees itself: no NaN rows
-            mask = mask.unsqueeze(1)  # (B, 1, T, S), broadcast over heads
-        return mask
+        if self.pad_lens is None:
+            return mask
+        real = k >= self.pad_lens.view(-1, 1, 1)  # (B, 1, S)
+        return ((mask & real) | (k == q)).unsqueeze(1)  # (B, 1, T, S); a pad query sees itself: no NaN rows
 
-
-# ---------------------------------------------------------------------------- the model
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
                         dropout_p: float = 0.0, is_causal: bool = False) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hs)) v written out, with SDPA's signature: the baseline that tests and
-    benchmarks put in place of F.scaled_dot_product_attention (CausalSelfAttention.attention)."""
+    """softmax(q k^T / sqrt(hs)) v written out, with F.scaled_dot_product_attention's signature."""
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, S)
     if is_causal:  # the T queries are the last T of the S keys
         T, S = q.size(-2), k.size(-2)
@@ -151,22 +135,20 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
-        self.n_head, self.n_embd, self.layer_idx = config.n_head, config.n_embd, layer_idx
+        self.n_head, self.layer_idx, self.dropout = config.n_head, layer_idx, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
-        self.attention = F.scaled_dot_product_attention  # fused kernels; tests swap in reference_attention
+        # fused kernels; tests and benchmarks swap in reference_attention (same signature)
+        self.attention = F.scaled_dot_product_attention
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        mask, is_causal = None, True
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nh, S, hs): the cached keys too
-            mask = kv_cache.attn_mask(T, x.device)
-            is_causal = mask is None and T > 1  # one new query may see every cached key
+        is_causal = mask is None and T > 1  # no mask: plain causal; a single new query sees every key
         dropout_p = self.dropout if self.training else 0.0
         y = self.attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -192,8 +174,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -205,13 +187,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 class TransformerLanguageModel(nn.Module):
-    def __init__(self, config: GPTConfig | dict | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: GPTConfig | None = None, **kwargs: Any) -> None:
+        """TransformerLanguageModel(config), or TransformerLanguageModel(**fields_of_config_json)."""
         super().__init__()
-        if config is None:
-            config = GPTConfig(**kwargs)
-        elif isinstance(config, dict):
-            config = GPTConfig.from_dict({**config, **kwargs})
-        self.config = config
+        self.config = config = config or GPTConfig.from_dict(kwargs)
         V = config.padded_vocab_size
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(V, config.n_embd),
@@ -228,20 +207,15 @@ class TransformerLanguageModel(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        # and residual projections scaled down by the number of residual additions
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters():  # and residual projections scaled down by the residual additions
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         with torch.no_grad():  # padding rows stay zero: they get no gradient and export drops them
             self.transformer.wte.weight[config.vocab_size:].zero_()
             self.lm_head.weight[config.vocab_size:].zero_()
 
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Unique parameters (a tied head counts once), optionally without the embedding tables."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
-        return n
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied head counts once
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B), N = the parameters that take
@@ -255,42 +229,36 @@ class TransformerLanguageModel(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, last_only: bool = False,
                 loss_chunk_size: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(logits, loss). logits: (B, T, vocab_size), or (B, 1, vocab_size) with last_only; the loss
-        skips IGNORE_INDEX targets. loss_chunk_size > 0 (with targets): logits come back None and
-        the loss is chunked_cross_entropy, so a (B*T, vocab) logits tensor never lives in memory."""
+        """(logits, loss): logits (B, T, vocab_size), or (B, 1, vocab_size) with last_only; the loss skips
+        IGNORE_INDEX targets. With targets and loss_chunk_size > 0, logits are None (chunked_cross_entropy)."""
         B, T = idx.size()
         start = 0 if kv_cache is None else kv_cache.pos
         if kv_cache is not None and start + T > kv_cache.max_len:
             raise ValueError(f"KV cache full: {start} + {T} > {kv_cache.max_len}; slide the window")
         if (kv_cache is None or kv_cache.pad_lens is None) and start + T > self.config.block_size:
             raise ValueError(f"position {start + T - 1} exceeds block_size {self.config.block_size}")
-        if kv_cache is None:
-            pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
-        else:
-            pos = kv_cache.position_ids(T, idx.device)  # (1, T), or (B, T) when left-padded
+        pos = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        if kv_cache is not None and kv_cache.pad_lens is not None:
+            pos = (pos - kv_cache.pad_lens.unsqueeze(1)).clamp_min(0)  # (B, T): a row's real tokens count from 0
+        mask = None if kv_cache is None else kv_cache.attn_mask(T, idx.device)  # one mask for every layer
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, kv_cache, mask)
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos += T
         V = self.config.vocab_size
-        if targets is not None and loss_chunk_size > 0:
+        if targets is not None and loss_chunk_size > 0:  # a (B*T, V) logits tensor never lives in memory
             return None, chunked_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
                                                V, loss_chunk_size)
-        if last_only:
-            x = x[:, -1:, :]
-        logits = self.lm_head(x)[..., :V]  # (B, T, V): the padding columns dropped
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return logits, loss
-
-    # ------------------------------------------------------------------ our checkpoint folders
+        logits = self.lm_head(x[:, -1:] if last_only else x)[..., :V]  # (B, T or 1, V): padding columns dropped
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Also accepts dicts saved from torch.compile / DDP wrappers (`_orig_mod.`, `module.`),
-        tied dicts without lm_head.weight, and embeddings of exactly vocab_size rows (padded here)."""
+        """Also takes torch.compile/DDP dicts (`_orig_mod.`, `module.`), tied dicts without lm_head.weight,
+        and embeddings of exactly vocab_size rows (padded here)."""
         sd = {".".join(p for p in k.split(".") if p not in ("_orig_mod", "module")): v for k, v in state_dict.items()}
         if self.config.tie_embeddings and "lm_head.weight" not in sd and "transformer.wte.weight" in sd:
             sd["lm_head.weight"] = sd["transformer.wte.weight"]
@@ -307,8 +275,8 @@ class TransformerLanguageModel(nn.Module):
         (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
         # CPU copies (a GPU-trained file must load on a CPU machine); tied tensors stay shared
         cpu: dict[int, torch.Tensor] = {}
-        state = {k: cpu.setdefault(v.data_ptr(), v.detach().cpu()) for k, v in unwrap_model(self).state_dict().items()}
-        torch.save(state, folder / WEIGHTS_NAME)
+        torch.save({k: cpu.setdefault(v.data_ptr(), v.detach().cpu()) for k, v in self.state_dict().items()},
+                   folder / WEIGHTS_NAME)
 
     def save_pretrained(self, save_dir: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None) -> Path:
         """save_dir/{config.json, pytorch_model.bin[, tokenizer.json]}, all or nothing (atomic_dir)."""
@@ -320,8 +288,7 @@ class TransformerLanguageModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> TransformerLanguageModel:
-        """Our checkpoint folder: D/latest when D has that pointer, else D holding config.json.
-        HuggingFace folders are refused here: import_hf.load_model opens both kinds."""
+        """Our checkpoint folder (D/latest followed); HF folders are refused: import_hf.load_model opens both."""
         folder = resolve_checkpoint_dir(path)
         config_path, raw = folder / CONFIG_NAME, read_config_json(folder)
         if is_hf_config(raw):
@@ -350,8 +317,7 @@ def read_config_json(folder: Path) -> dict[str, Any]:
 
 
 def is_hf_config(raw: Any) -> bool:
-    """A HuggingFace config.json (GPTConfig has neither key): import_hf.py reads those folders."""
-    return isinstance(raw, dict) and ("model_type" in raw or "n_positions" in raw)
+    return isinstance(raw, dict) and ("model_type" in raw or "n_positions" in raw)  # GPTConfig has neither key
 
 
 def load_weights_file(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -14,7 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from common import atomic_write_json, temp_file_beside, temp_file_pattern
+from common import atomic_write_json, temp_file_beside
+from file_utils import temp_file_pattern
 
 try:
     import fcntl
