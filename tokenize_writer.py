@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import os
 import queue
+import re
 import sys
 import threading
 from pathlib import Path
@@ -15,12 +16,16 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from common import atomic_write_json, temp_file_beside
-from file_utils import temp_file_pattern
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so no cleanup of other runs' leftovers
     fcntl = None
+
+def temp_file_pattern(path: Path) -> re.Pattern:
+    """The names common.temp_file_beside(path) makes (mkstemp adds 8 characters of [a-z0-9_])."""
+    return re.compile(rf"\.tmp-{re.escape(path.name)}\.[a-z0-9_]{{8}}")
+
 
 
 class TokenFileWriter:
