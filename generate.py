@@ -217,10 +217,8 @@ class TextStream:
 
     def push(self, token_id: int) -> str:
         """Add one generated id; return the text that became final (may be empty)."""
-        if self.done:
-            return ""
         self.ids.append(token_id)
-        return self._advance(final=False)
+        return "" if self.done else self._advance(final=False)
 
     def finish(self, at_stop_token: bool) -> str:
         """Close the row (a stop token, or out of steps); return the rest of the completion."""
