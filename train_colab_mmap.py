@@ -160,7 +160,19 @@ def choose_dtype(requested: str, device: torch.device, config: GPTConfig, rows: 
     return ("bf16" if speedup >= 1.1 else "fp32"), f"measured: bf16 matmuls run {speedup:.2f}x fp32 at this model's shapes"
 
 
-def find_resume_point(args: argparse.Namespace, ckdir: Path, say) -> Checkpoint | None:
+def find_resume_point(args: argparse.Namespace, ranks: Ranks, say) -> tuple[Path, Checkpoint | None]:
+    """--checkpoint_dir, tidied after a save cut off midway, and the checkpoint to resume from, if any."""
+    ckdir = Path(args.checkpoint_dir)
+    if ckdir.exists() and not ckdir.is_dir():
+        raise UserError(f"--checkpoint_dir {ckdir} is a file; pass a folder")
+    if ranks.is_main and ckdir.is_dir():
+        recover_interrupted_saves(ckdir)
+    if ranks.world_size > 1:
+        dist.barrier()
+    return ckdir, checkpoint_to_resume(args, ckdir, say)
+
+
+def checkpoint_to_resume(args: argparse.Namespace, ckdir: Path, say) -> Checkpoint | None:
     if args.resume == "auto":
         return find_checkpoint(ckdir, say)
     if args.resume != "never":
@@ -182,12 +194,10 @@ def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None
             if k in saved and saved[k] != getattr(args, k):
                 raise UserError(f"{folder} was trained with --{k} {saved[k]}, this run asks for {getattr(args, k)}: "
                                 f"pass the same model flags, another --checkpoint_dir, or --resume never")
-        cfg = GPTConfig.from_dict(read_config_json(folder), str(folder / "config.json"))
-        if cfg.vocab_size != vocab:
-            raise UserError(f"{folder} has vocab_size {cfg.vocab_size} but --tokenizer_file has {vocab} tokens")
         if sha256_file(folder / "tokenizer.json") != sha256_file(args.tokenizer_file):
             raise UserError(f"--tokenizer_file {args.tokenizer_file} differs from the tokenizer {folder} was "
                             f"trained with; pass that tokenizer, another --checkpoint_dir, or --resume never")
+        cfg = GPTConfig.from_dict(read_config_json(folder), str(folder / "config.json"))
         return dataclasses.replace(cfg, dropout=args.dropout), None
     if not args.init_from:
         return get_config(args.model_size, vocab, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
@@ -247,30 +257,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
-    bar = None  # the progress bar, once it exists: messages are written above it
-
     def say(msg: str) -> None:
         if ranks.is_main:
-            (bar.write if bar is not None else print)(msg, file=sys.stderr)
+            tqdm.write(msg, file=sys.stderr)  # above the progress bar, once there is one
 
     # ------------------------------------------------------------------ data and model config, checked first
     tokenizer = load_tokenizer(args.tokenizer_file)
     V = tokenizer.vocab_size
     token_file = check_token_files(args.bin_file, args.metadata_file, args.tokenizer_file, V)
-    ckdir = Path(args.checkpoint_dir)
-    if ckdir.exists() and not ckdir.is_dir():
-        raise UserError(f"--checkpoint_dir {ckdir} is a file; pass a folder")
-    if ranks.is_main and ckdir.is_dir():
-        recover_interrupted_saves(ckdir)
-    if ranks.world_size > 1:
-        dist.barrier()
-    resume = find_resume_point(args, ckdir, say)
+    ckdir, resume = find_resume_point(args, ranks, say)
     config, init_weights = model_config(args, V, resume, say)
     T, B, per_rank = config.block_size, args.batch_size, args.batch_size // ranks.world_size
     train_split, val_split = plan_splits(token_file, args.val_bin_file, args.val_fraction, T, B)
     mask = assistant_mask_for(tokenizer, args.tokenizer_file) if args.loss_on == "assistant" else None
-    preload = "preload" == choose_data_mode(args.data_mode, len(train_split) * token_file.dtype.itemsize,
-                                            int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # a copy per local rank
+    data_mode = choose_data_mode(args.data_mode, len(train_split) * token_file.dtype.itemsize,
+                                 int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # a copy per local rank
 
     # ------------------------------------------------------------------ how long, how fast, how precise
     n_windows = num_windows(len(train_split), T)
@@ -293,8 +294,8 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     # ------------------------------------------------------------------ model, optimizers, state
-    train_source = TokenSource(train_split, preload)
-    val_source = TokenSource(val_split, preload) if val_split else None
+    train_source = TokenSource(train_split, data_mode == "preload")
+    val_source = TokenSource(val_split, data_mode == "preload") if val_split else None
     torch.manual_seed(args.seed)
     model = TransformerLanguageModel(config)
     if init_weights is not None:
@@ -308,13 +309,12 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     if resume is not None:
         restore_checkpoint(resume, model, optimizers, scaler, progress, ranks, device, args.seed)
         if not (args.micro_batch_size or args.grad_accum_steps):  # the size that fitted last time
-            progress.micro_batch_size = min(progress.micro_batch_size, per_rank)
-        else:
-            progress.micro_batch_size = micro_batch
+            micro_batch = min(progress.micro_batch_size, per_rank)
+        progress.micro_batch_size = micro_batch
     if ranks.is_main:
         ckdir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(ckdir, say, progress.step if resume else None, vars(args), args.wandb, args.tensorboard) \
-        if ranks.is_main else None
+    metrics = MetricsLog(ckdir, say, progress.step if resume else None, vars(args), args.wandb,
+                         args.tensorboard) if ranks.is_main else None
     if val_source is not None:  # fixed by the first run: every evaluation (and `best`) sees the same windows
         progress.eval_windows = progress.eval_windows or args.eval_batches * progress.micro_batch_size
         eval_ids = eval_windows(num_windows(len(val_source), T), progress.eval_windows)
@@ -329,22 +329,16 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
 
     gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
     say(f"device {device} ({gpu}{ranks.world_size} rank{'s' * (ranks.world_size > 1)}), dtype {dtype} ({dtype_why}), "
-        f"compile {'on' if use_compile else 'off'}")
-    say(f"model: {model.num_parameters():,} parameters (n_layer {config.n_layer}, n_head {config.n_head}, n_embd "
-        f"{config.n_embd}, block_size {T}, vocab {V}{', tied' if config.tie_embeddings else ''})")
-    say(f"data: {token_file.path.name} {token_file.num_tokens:,} {token_file.dtype.name} tokens "
-        f"({'preload' if preload else 'mmap'}); train {len(train_split):,}, validation "
-        f"{len(val_split) if val_split else 0:,}; {n_windows:,} windows, {n_windows // B:,} steps/epoch; loss on "
-        f"{args.loss_on} tokens{f', loss chunks of {loss_chunk}' if loss_chunk else ''}")
+        f"compile {'on' if use_compile else 'off'}; {model.num_parameters():,} parameters, {config}")
+    say(f"data: {token_file.path.name} ({data_mode}), train {len(train_split):,} tokens, validation "
+        f"{len(val_split) if val_split else 0:,}; {n_windows // B:,} steps/epoch; loss on {args.loss_on} tokens"
+        f"{f' in chunks of {loss_chunk}' if loss_chunk else ''}")
     muon = f", Muon lr {args.muon_lr:g}" if optimizer_name == "muon" else ""
-    say(f"batch {B} = {ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); "
-        f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; "
-        f"{total_steps:,} steps planned")
-    say(f"checkpoints: {ckdir} " + (f"(resumed from {resume.folder.name}: step {progress.step}, epoch "
-                                   f"{progress.epoch})" if resume is not None else "(fresh start)"))
+    say(f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; batch {B} = {ranks.world_size} rank(s) x {per_rank} (micro-batch "
+        f"{progress.micro_batch_size}); {total_steps:,} steps; checkpoints in {ckdir} "
+        + (f"(resumed from {resume.folder.name}: step {progress.step})" if resume else "(fresh start)"))
     if progress.step >= total_steps:
-        say(f"already trained to step {progress.step} of {total_steps}: nothing to do "
-            f"(raise --epochs, --max_steps or --max_tokens to continue)")
+        say(f"already trained to step {progress.step} of {total_steps}: raise --epochs, --max_steps or --max_tokens")
         return 0
     if schedule == "wsd" and progress.decay_steps and progress.step >= progress.decay_start + progress.decay_steps:
         say(f"note: this run's decay ended at step {progress.decay_start + progress.decay_steps}: the new steps run "
@@ -355,21 +349,20 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                            progress.offset, mask, pin=device.type == "cuda")
 
     def save(*pointers: str) -> None:
-        nonlocal saved_step, last_save
+        nonlocal last_save
         progress.wall_time_s = wall_before + time.time() - session_start
         save_checkpoint(ckdir, model, optimizers, scaler, progress, ranks, device, summary, args.tokenizer_file,
                         args.keep_last, ("latest", *pointers))
-        saved_step, last_save = progress.step, time.time()
+        last_save = time.time()
 
     # ------------------------------------------------------------------ the training loop
     session_start = last_save = last_log = time.time()
     wall_before, session_steps, log_tokens, bad_streak, exit_code = progress.wall_time_s, 0, 0, 0, 0
-    saved_step = progress.step if resume is not None else -1
     batches = open_batches()
+    bar = tqdm(total=total_steps, initial=progress.step, unit="step", file=sys.stderr, mininterval=1.0,
+               dynamic_ncols=True, disable=not ranks.is_main)
     with StopSignals(say) as signals:
         try:
-            bar = tqdm(total=total_steps, initial=progress.step, unit="step", file=sys.stderr, mininterval=1.0,
-                       dynamic_ncols=True, disable=not ranks.is_main)
             if ranks.world_size > 1:  # find a micro-batch that fits on every rank before step 1
                 progress.micro_batch_size = probe_micro_batch(fwd, batches.next(), progress.micro_batch_size,
                                                               optimizers, loss_chunk, amp_dtype, say)
@@ -399,8 +392,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                         if not is_oom(e) and compile_verified:
                             raise
                         compile_error = None if is_oom(e) else f"{type(e).__name__}: {first_line(e)}"
-                    # out here, the failed step's tensors (held by the exception) are gone
-                    free_memory(optimizers, device)
+                    free_memory(optimizers, device)  # out here, the failed step's tensors (held by `e`) are gone
                     restore_rng(rng, device)
                     if compile_error:
                         say(f"warning: torch.compile failed ({compile_error}); continuing in eager mode")
@@ -443,7 +435,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     if bad_streak >= args.nan_patience:
                         roll_back(ckdir, model, optimizers, scaler, progress, ranks, device, args.max_rollbacks,
                                   args.seed, lr, bad_streak, metrics, say)
-                        bad_streak, saved_step = 0, progress.step
+                        bad_streak = 0
                         batches.close()
                         batches = open_batches()
                         continue
@@ -468,25 +460,23 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | MFU "
                                         f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", refresh=False)
                     log_tokens, last_log = 0, now
-                paused = time.time()  # evaluation and saving are left out of tokens/s
-                improved = False
-                if val_source is not None and ((args.eval_every_steps and progress.step % args.eval_every_steps == 0)
-                                               or epoch_end or last):
-                    val = evaluate(model, val_source, eval_ids, progress.micro_batch_size, mask, loss_chunk,
-                                   amp_dtype, ranks)
-                    if val is not None:
-                        improved = progress.best_val_loss is None or val < progress.best_val_loss
-                        progress.val_loss, progress.best_val_loss = val, min(val, progress.best_val_loss or val)
-                        progress.val_bpb = val * nats_to_bpb if nats_to_bpb else None
-                        if metrics:
-                            metrics.write({"step": progress.step, "tokens": progress.tokens_seen, "val_loss": val,
-                                           "val_bpb": progress.val_bpb, "train_loss": progress.train_loss})
-                            metrics.plot()
-                        say(f"step {progress.step}: train loss {fmt(progress.train_loss)}, val loss {val:.4f}, "
-                            f"val bpb {fmt(progress.val_bpb)}{' (best)' if improved else ''}")
+                paused, improved = time.time(), False  # evaluation and saving are left out of tokens/s
+                eval_due = args.eval_every_steps and progress.step % args.eval_every_steps == 0
+                val = evaluate(model, val_source, eval_ids, progress.micro_batch_size, mask, loss_chunk, amp_dtype,
+                               ranks) if val_source is not None and (eval_due or epoch_end or last) else None
+                if val is not None:
+                    improved = progress.best_val_loss is None or val < progress.best_val_loss
+                    progress.val_loss, progress.best_val_loss = val, min(val, progress.best_val_loss or val)
+                    progress.val_bpb = val * nats_to_bpb if nats_to_bpb else None
+                    if metrics:
+                        metrics.write({"step": progress.step, "tokens": progress.tokens_seen, "val_loss": val,
+                                       "val_bpb": progress.val_bpb, "train_loss": progress.train_loss})
+                        metrics.plot()
+                    say(f"step {progress.step}: train loss {fmt(progress.train_loss)}, val loss {val:.4f}, "
+                        f"val bpb {fmt(progress.val_bpb)}{' (best)' if improved else ''}")
                 if improved or epoch_end or last or save_due or (
                         args.save_every_steps and progress.step % args.save_every_steps == 0):
-                    save(*(("best",) if improved else ()))
+                    save(*(["best"] if improved else []))
                 last_log += time.time() - paused
                 if signalled or time_up:
                     signum = signals.signum or 15  # 0 here: the signal reached another rank (15: SIGTERM)
@@ -494,27 +484,20 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     why = signal.Signals(signum).name if signalled else f"--max_minutes {args.max_minutes}"
                     say(f"stopped by {why} at step {progress.step}; saved {ckdir / f'step_{progress.step:08d}'}; "
                         f"run the same command again to resume")
-                if last:
+                if last:  # saved above: the run ends at a checkpoint
                     break
-            if progress.step != saved_step:
-                save()
         except torch.OutOfMemoryError:
             raise UserError(f"out of memory (micro-batch {progress.micro_batch_size}, --batch_size {B}): "
                             f"pass --micro_batch_size {max(1, progress.micro_batch_size // 2)}") from None
         finally:
             batches.close()
-            if bar is not None:
-                bar.close()
-            bar = None
+            bar.close()
     best = ckdir / "best"
-    best_name = best.read_text().strip() if best.is_file() else None
     say(f"done: step {progress.step}/{total_steps}, {progress.epoch + progress.offset / n_windows:.2f} epochs, "
-        f"{progress.tokens_seen:,} tokens seen; this session {(time.time() - session_start) / 60:.1f} min; train loss "
-        f"{fmt(progress.train_loss)}, best val loss {fmt(progress.best_val_loss)}"
-        f"{f' ({best_name})' if best_name else ''}, val bpb {fmt(progress.val_bpb)}; {progress.nan_skipped} "
-        f"non-finite steps skipped, {progress.rollbacks} rollbacks; micro-batch {progress.micro_batch_size}")
-    say(f"checkpoint: {ckdir}/latest -> step_{progress.step:08d}; load it with "
-        f"TransformerLanguageModel.from_pretrained('{ckdir}')")
+        f"{progress.tokens_seen:,} tokens; train loss {fmt(progress.train_loss)}, best val loss "
+        f"{fmt(progress.best_val_loss)}{f' ({best.read_text().strip()})' if best.is_file() else ''}, val bpb "
+        f"{fmt(progress.val_bpb)}; {progress.nan_skipped} non-finite steps skipped, {progress.rollbacks} rollbacks; "
+        f"load it with TransformerLanguageModel.from_pretrained('{ckdir}')")
     return exit_code
 
 

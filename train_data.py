@@ -44,13 +44,10 @@ def metadata_beside(bin_path: Path) -> Path | None:
 def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: str, tok_vocab: int) -> TokenFile:
     """The .bin checked against its metadata and the tokenizer (paths inside the metadata are never opened)."""
     path = Path(bin_file)
-    if not path.is_file():
-        raise UserError(f"--bin_file {path} not found (pass the .bin written by tokenize_local_bpe.py; "
-                        f"gunzip the .bin.gz first)")
-    size = path.stat().st_size
+    size = path.stat().st_size if path.is_file() else 0
     if size == 0:
-        raise UserError(f"--bin_file {path} is empty (0 bytes): regenerate it with tokenize_local_bpe.py from a "
-                        f"non-empty corpus")
+        raise UserError(f"--bin_file {path} {'is empty (0 bytes)' if path.is_file() else 'not found'}: pass the .bin "
+                        f"written by tokenize_local_bpe.py from a non-empty corpus (gunzip a .bin.gz first)")
     metadata_file = metadata_file or metadata_beside(path)
     if metadata_file is None:
         dtype = np.dtype(np.uint16 if tok_vocab <= 65536 else np.uint32)
@@ -78,29 +75,13 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
         raise UserError(f"--bin_file {path} has {size:,} bytes but {metadata_file} says {num_tokens:,} {dtype.name} "
                         f"tokens ({num_tokens * dtype.itemsize:,} bytes): the .bin is truncated or from another "
                         f"run; decompress it again or pass the matching metadata")
-    digest = sha256_file(tokenizer_file)
-    if digest != meta["tokenizer_sha256"]:
-        raise UserError(f"--tokenizer_file {tokenizer_file} (sha256 {digest[:12]}...) is not the tokenizer "
-                        f"{path.name} was made with (metadata tokenizer_sha256 {str(meta['tokenizer_sha256'])[:12]}"
-                        f"...); pass the tokenizer file written together with the .bin")
+    if sha256_file(tokenizer_file) != meta["tokenizer_sha256"]:
+        raise UserError(f"--tokenizer_file {tokenizer_file} is not the tokenizer {path.name} was made with (its sha256 "
+                        f"differs from the metadata's); pass the tokenizer file written together with the .bin")
     if vocab != tok_vocab:
         raise UserError(f"--metadata_file {metadata_file} says vocab_size {vocab} but --tokenizer_file "
                         f"{tokenizer_file} has {tok_vocab} tokens; pass the matching pair")
     return TokenFile(path, dtype, num_tokens, meta.get("num_bytes"))
-
-
-def check_val_file(val_bin_file: str, dtype: np.dtype) -> TokenFile:
-    path = Path(val_bin_file)
-    if not path.is_file():
-        raise UserError(f"--val_bin_file {path} not found")
-    size = path.stat().st_size
-    if size % dtype.itemsize:
-        raise UserError(f"--val_bin_file {path} has {size} bytes, not a whole number of {dtype.name} tokens "
-                        f"(it must use the training file's dtype)")
-    meta_path, num_tokens = metadata_beside(path), size // dtype.itemsize
-    meta = read_json(meta_path, "validation metadata") if meta_path else {}
-    own = isinstance(meta, dict) and meta.get("num_tokens") == num_tokens  # bytes only from its own metadata
-    return TokenFile(path, dtype, num_tokens, meta.get("num_bytes") if own else None)
 
 
 @dataclass
@@ -118,11 +99,15 @@ def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, T:
     """Training split and validation split (a separate file, the held-out tail, or None); refuses too little data."""
     train, val = Split(tf, 0, tf.num_tokens), None
     if val_bin_file:
-        vtf = check_val_file(val_bin_file, tf.dtype)
-        if vtf.num_tokens < T + 1:
-            raise UserError(f"--val_bin_file {val_bin_file} has {vtf.num_tokens} tokens, fewer than block_size+1 = "
-                            f"{T + 1}")
-        val = Split(vtf, 0, vtf.num_tokens)
+        path = Path(val_bin_file)
+        n = path.stat().st_size / tf.dtype.itemsize if path.is_file() else 0
+        if n != int(n) or n < T + 1:
+            raise UserError(f"--val_bin_file {path} {f'holds {n:g} tokens' if path.is_file() else 'not found'}: it must "
+                            f"hold a whole number, at least block_size+1 = {T + 1}, of {tf.dtype.name} tokens (the "
+                            f"training file's dtype)")
+        meta = read_json(metadata_beside(path), "validation metadata") if metadata_beside(path) else {}
+        own = isinstance(meta, dict) and meta.get("num_tokens") == n  # bytes only from its own metadata
+        val = Split(TokenFile(path, tf.dtype, int(n), meta.get("num_bytes") if own else None), 0, int(n))
     elif val_fraction > 0:
         n_train = max(0, tf.num_tokens - max(int(tf.num_tokens * val_fraction), T + 1))  # at least one window held out
         train, val = Split(tf, 0, n_train), Split(tf, n_train, tf.num_tokens)
@@ -236,7 +221,6 @@ def assistant_mask_for(tok: Any, tokenizer_file: str) -> AssistantMask:
 class Batch:
     x: torch.Tensor             # (rows, T) int64, pinned when feeding a GPU
     y: torch.Tensor             # (rows, T) int64, IGNORE_INDEX where masked
-    valid: np.ndarray           # (rows,) targets kept per row
     epoch: int
     offset: int                 # windows of the epoch consumed after this step
 
@@ -293,7 +277,7 @@ class BatchStream:
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         if self.pin:
             xt, yt = xt.pin_memory(), yt.pin_memory()
-        return Batch(xt, yt, (y != IGNORE_INDEX).sum(axis=1), epoch, offset + self.B)
+        return Batch(xt, yt, epoch, offset + self.B)
 
     def next(self) -> Batch:
         batch = self.ahead.popleft().result()  # raises here what the thread raised

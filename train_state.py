@@ -224,14 +224,20 @@ class MetricsLog:
 
     def __init__(self, ckdir: Path, say: Callable[[str], None], resume_step: int | None, config: dict,
                  wandb: bool = False, tensorboard: bool = False) -> None:
-        self.path, self.png, self.say = ckdir / "metrics.jsonl", ckdir / "loss_curve.png", say
-        self.history: list[dict] = []
-        self.sinks: list[Callable[[dict], Any]] = []
-        self.warned_no_matplotlib = False
+        self.path, self.png, self.history, self.sinks = ckdir / "metrics.jsonl", ckdir / "loss_curve.png", [], []
         if resume_step is not None:
             self.truncate_after(resume_step)
         elif self.path.exists():  # a fresh run keeps an older run's metrics under another name
             os.replace(self.path, self.path.with_name(f"metrics-{int(time.time())}.jsonl"))
+        try:
+            import matplotlib
+            matplotlib.use("Agg")  # files only, no window
+            import matplotlib.pyplot as plt
+            self.plt = plt
+        except ImportError:
+            self.plt = None
+            say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
+
         def numbers(record: dict) -> dict:
             return {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if wandb:
@@ -259,26 +265,19 @@ class MetricsLog:
 
     def plot(self) -> None:
         """Train and validation loss against tokens seen; validation bits per byte on a second axis."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            if not self.warned_no_matplotlib:
-                self.say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
-                self.warned_no_matplotlib = True
+        if self.plt is None:
             return
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = self.plt.subplots(figsize=(7, 4))
         bpb_ax = ax.twinx()
-        bpb_ax.set_ylabel("bits per byte")
         for axis, key, label, style in ((ax, "loss", "train", {}), (ax, "val_loss", "validation", {"marker": "o"}),
-                                        (bpb_ax, "val_bpb", "validation bits/byte", {"marker": "s", "color": "tab:green"})):
+                                        (bpb_ax, "val_bpb", "validation bits/byte", {"marker": "s", "color": "g"})):
             points = [(r["tokens"], r[key]) for r in self.history if r.get(key) is not None and "tokens" in r]
             if points:
                 axis.plot(*zip(*points), label=label, **style)
         ax.set(xlabel="tokens seen", ylabel="loss (nats/token)")
+        bpb_ax.set(ylabel="bits per byte")
         ax.grid(alpha=0.3)
         ax.legend(*[a + b for a, b in zip(ax.get_legend_handles_labels(), bpb_ax.get_legend_handles_labels())])
         with atomic_path(self.png) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
+        self.plt.close(fig)

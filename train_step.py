@@ -90,7 +90,7 @@ def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss
     device = next(model.parameters()).device
     x = batch.x.to(device, non_blocking=True)  # (rows, T)
     y = batch.y.to(device, non_blocking=True)  # (rows, T)
-    n_total = int(batch.valid.sum())
+    n_total = int((batch.y != IGNORE_INDEX).sum())
     if ranks.world_size > 1 and masked:  # masked rows differ per rank: count them all
         n_total = int(all_reduce(torch.tensor(n_total, dtype=torch.float64, device=device)).item())
     else:  # every rank has the same count
@@ -102,8 +102,8 @@ def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss
         # DDP all-reduces gradients at every backward; only the last micro-batch needs it
         with model.no_sync() if ranks.world_size > 1 and not last else contextlib.nullcontext():
             with autocast(device, amp_dtype):
-                micro_loss = loss_sum(model, x[s:s + micro_batch_size], y[s:s + micro_batch_size],
-                                      int(batch.valid[s:s + micro_batch_size].sum()), loss_chunk)
+                rows = slice(s, s + micro_batch_size)
+                micro_loss = loss_sum(model, x[rows], y[rows], int((batch.y[rows] != IGNORE_INDEX).sum()), loss_chunk)
             scaled = micro_loss * scale
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss += micro_loss.detach().float()
@@ -204,7 +204,7 @@ def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: li
         try:
             with model.no_sync(), autocast(device, amp_dtype):
                 x, y = batch.x[:micro].to(device), batch.y[:micro].to(device)
-                loss_sum(model, x, y, int(batch.valid[:micro].sum()), loss_chunk).backward()
+                loss_sum(model, x, y, int((batch.y[:micro] != IGNORE_INDEX).sum()), loss_chunk).backward()
         except Exception as e:  # noqa: BLE001 - only an out-of-memory is an answer here
             if not is_oom(e):
                 raise
