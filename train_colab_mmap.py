@@ -68,15 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--block_size", "--n_layer", "--n_head", "--n_embd"):
         a(flag, type=int, help="default: the model size's")
     a("--dropout", type=number(float, "in [0, 1)", lambda v: 0 <= v < 1), default=0.0)
-    a("--tie_embeddings", action="store_true")
     a("--init_from", help="weights only: our checkpoint dir or a HuggingFace GPT-2 folder")
     a("--data_mode", default="auto", choices=["auto", "mmap", "preload"])
     a("--val_bin_file")
     a("--val_fraction", type=number(float, "in [0, 0.5]", lambda v: 0 <= v <= 0.5), default=0.01,
       help="held-out tail when no --val_bin_file (0: no validation)")
     a("--loss_on", default="all", choices=["all", "assistant"])
-    a("--max_steps", type=COUNT)
-    a("--max_tokens", type=COUNT)
+    for flag in ("--max_steps", "--max_tokens", "--grad_accum_steps"):
+        a(flag, type=COUNT)
     a("--max_minutes", type=POSITIVE, help="save and stop after this many minutes")
     a("--optimizer", choices=["muon", "adamw"], help="muon: Muon for the block matrices, AdamW for the rest "
                                                      "(default: the checkpoint's, else muon)")
@@ -90,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--warmup_steps", type=COUNT_OR_0, help="default: 5%% of planned steps, at most 2000")
     a("--weight_decay", type=float, default=0.1)
     a("--grad_clip", type=float, default=1.0, help="0: no clipping")
-    a("--grad_accum_steps", type=COUNT)
     a("--micro_batch_size", type=COUNT, help="per-rank rows per forward (default: all; halved on OOM)")
     a("--loss_chunk_size", type=number(int, ">= -1", lambda v: v >= -1), default=-1,
       help="tokens per loss chunk; -1: 2048 when vocab >= 8192, else 0 (off)")
@@ -108,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", default="auto", help="auto (from checkpoint_dir/latest) | never | PATH")
     a("--nan_patience", type=COUNT, default=5, help="NaN/inf steps in a row before rolling back")
     a("--max_rollbacks", type=COUNT_OR_0, default=2)
-    for flag in ("--wandb", "--tensorboard", "--debug"):
+    for flag in ("--tie_embeddings", "--wandb", "--tensorboard", "--debug"):
         a(flag, action="store_true")
     return p
 
@@ -157,7 +155,7 @@ def choose_dtype(requested: str, device: torch.device, config: GPTConfig, rows: 
         return "fp32", f"{device.type}: no bf16 autocast there by default"
     # on a CPU bf16 pays only when its matrix multiplies run at least 1.1x faster: autocast also pays for casts
     speedup = probe_bf16_speedup(config, rows)
-    return ("bf16" if speedup >= 1.1 else "fp32"), f"measured: bf16 matmuls run {speedup:.2f}x fp32 at this model's shapes"
+    return "bf16" if speedup >= 1.1 else "fp32", f"measured: bf16 matmuls run {speedup:.2f}x fp32 at these model shapes"
 
 
 def find_resume_point(args: argparse.Namespace, ranks: Ranks, say) -> tuple[Path, Checkpoint | None]:
@@ -169,21 +167,17 @@ def find_resume_point(args: argparse.Namespace, ranks: Ranks, say) -> tuple[Path
         recover_interrupted_saves(ckdir)
     if ranks.world_size > 1:
         dist.barrier()
-    return ckdir, checkpoint_to_resume(args, ckdir, say)
-
-
-def checkpoint_to_resume(args: argparse.Namespace, ckdir: Path, say) -> Checkpoint | None:
     if args.resume == "auto":
-        return find_checkpoint(ckdir, say)
+        return ckdir, find_checkpoint(ckdir, say)
     if args.resume != "never":
         folder = resolve_checkpoint_dir(args.resume)
         try:
-            return read_checkpoint(folder)
+            return ckdir, read_checkpoint(folder)
         except ValueError as e:
             raise UserError(f"--resume {args.resume}: {folder} is unusable: {e}") from None
     if ckdir.is_dir() and list_checkpoints(ckdir):
         say(f"warning: --resume never: {ckdir} already holds checkpoints; same-named step folders will be replaced")
-    return None
+    return ckdir, None
 
 
 def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None, say) -> tuple[GPTConfig, dict | None]:
@@ -280,7 +274,8 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     lr = args.lr or (1e-3 if config.n_embd <= 256 else 6e-4)  # nanoGPT's char model / GPT-2 small
     if args.min_lr is not None and args.min_lr > lr:
         raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} (the default for n_embd "
-                        f"{config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or --lr {args.min_lr:g}")
+                        f"{config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or "
+                        f"--lr {args.min_lr:g}")
     min_lr = lr / 10 if args.min_lr is None else args.min_lr
     warmup = min(2000, total_steps // 20) if args.warmup_steps is None else args.warmup_steps
     optimizer_name = choose_optimizer(args.optimizer, resume, say)
@@ -334,9 +329,9 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
         f"{len(val_split) if val_split else 0:,}; {n_windows // B:,} steps/epoch; loss on {args.loss_on} tokens"
         f"{f' in chunks of {loss_chunk}' if loss_chunk else ''}")
     muon = f", Muon lr {args.muon_lr:g}" if optimizer_name == "muon" else ""
-    say(f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; batch {B} = {ranks.world_size} rank(s) x {per_rank} (micro-batch "
-        f"{progress.micro_batch_size}); {total_steps:,} steps; checkpoints in {ckdir} "
-        + (f"(resumed from {resume.folder.name}: step {progress.step})" if resume else "(fresh start)"))
+    say(f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; batch {B} = "
+        f"{ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); {total_steps:,} steps; "
+        f"checkpoints in {ckdir} " + (f"(resumed from {resume.folder.name})" if resume else "(fresh start)"))
     if progress.step >= total_steps:
         say(f"already trained to step {progress.step} of {total_steps}: raise --epochs, --max_steps or --max_tokens")
         return 0
@@ -445,7 +440,8 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 if epoch_end:
                     progress.epoch, progress.offset = progress.epoch + 1, 0
                 now = time.time()
-                flags = [signals.signum > 0, ranks.is_main and now - session_start >= 60 * (args.max_minutes or math.inf),
+                flags = [signals.signum > 0,  # each minutes flag is 0 when off: then never due
+                         ranks.is_main and now - session_start >= 60 * (args.max_minutes or math.inf),
                          ranks.is_main and now - last_save >= 60 * (args.save_every_minutes or math.inf)]
                 if ranks.world_size > 1:  # a signal may reach one rank only; rank 0 keeps the time
                     flags = (all_reduce(torch.tensor(flags, dtype=torch.float32, device=device)) > 0).tolist()

@@ -95,16 +95,17 @@ class Split:
         return self.end - self.start
 
 
-def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, T: int, B: int) -> tuple[Split, Split | None]:
+def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, T: int,
+                B: int) -> tuple[Split, Split | None]:
     """Training split and validation split (a separate file, the held-out tail, or None); refuses too little data."""
     train, val = Split(tf, 0, tf.num_tokens), None
     if val_bin_file:
         path = Path(val_bin_file)
         n = path.stat().st_size / tf.dtype.itemsize if path.is_file() else 0
         if n != int(n) or n < T + 1:
-            raise UserError(f"--val_bin_file {path} {f'holds {n:g} tokens' if path.is_file() else 'not found'}: it must "
-                            f"hold a whole number, at least block_size+1 = {T + 1}, of {tf.dtype.name} tokens (the "
-                            f"training file's dtype)")
+            found = f"holds {n:g} tokens" if path.is_file() else "not found"
+            raise UserError(f"--val_bin_file {path} {found}: it must hold a whole number, at least block_size+1 = "
+                            f"{T + 1}, of {tf.dtype.name} tokens (the training file's dtype)")
         meta = read_json(metadata_beside(path), "validation metadata") if metadata_beside(path) else {}
         own = isinstance(meta, dict) and meta.get("num_tokens") == n  # bytes only from its own metadata
         val = Split(TokenFile(path, tf.dtype, int(n), meta.get("num_bytes") if own else None), 0, int(n))

@@ -181,7 +181,7 @@ def free_memory(optimizers: list[torch.optim.Optimizer], device: torch.device) -
 def halved_micro_batch(micro: int, per_rank: int, block_size: int, dtype: str, ranks: Ranks, say) -> int:
     """The micro-batch to retry a step with after an out-of-memory error, or a UserError with the fix."""
     if ranks.world_size > 1 or micro == 1:
-        fix = f"pass --micro_batch_size {max(1, micro // 2)}" if micro > 1 else "use a smaller --model_size or --block_size"
+        fix = f"pass --micro_batch_size {micro // 2}" if micro > 1 else "use a smaller --model_size or --block_size"
         world = f", world size {ranks.world_size}" if ranks.world_size > 1 else ""
         raise UserError(f"out of memory at micro-batch {micro} x block_size {block_size} ({dtype}{world}): "
                         f"{fix}{', or --dtype bf16/fp16' if dtype == 'fp32' else ''}")
