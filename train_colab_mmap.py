@@ -330,8 +330,9 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
         f"{f' in chunks of {loss_chunk}' if loss_chunk else ''}")
     muon = f", Muon lr {args.muon_lr:g}" if optimizer_name == "muon" else ""
     say(f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; batch {B} = "
-        f"{ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); {total_steps:,} steps; "
-        f"checkpoints in {ckdir} " + (f"(resumed from {resume.folder.name})" if resume else "(fresh start)"))
+        f"{ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); {total_steps:,} steps")
+    say(f"checkpoints: {ckdir} " + (f"(resumed from {resume.folder.name}: step {progress.step}, epoch {progress.epoch})"
+                                   if resume else "(fresh start)"))  # bench/soak_train.py reads this line
     if progress.step >= total_steps:
         say(f"already trained to step {progress.step} of {total_steps}: raise --epochs, --max_steps or --max_tokens")
         return 0
@@ -345,7 +346,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
 
     def save(*pointers: str) -> None:
         nonlocal last_save
-        progress.wall_time_s = wall_before + time.time() - session_start
+        progress.wall_time_s = round(wall_before + time.time() - session_start, 1)
         save_checkpoint(ckdir, model, optimizers, scaler, progress, ranks, device, summary, args.tokenizer_file,
                         args.keep_last, ("latest", *pointers))
         last_save = time.time()
