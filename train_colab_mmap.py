@@ -408,12 +408,13 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 loss, grad_norm = torch.stack([loss_sum.float(), grad_norm.detach().float().to(device)]).tolist()
                 loss /= max(n_targets, 1)
                 finite = math.isfinite(loss) and (scaler is not None or math.isfinite(grad_norm))
-                for opt in optimizers if finite else []:
+                for opt in optimizers:
                     for group in opt.param_groups:
                         group["lr"] = progress.lr_scale * lr_at(progress.step, total_steps, warmup, group["peak_lr"],
                                                                 group["min_lr"], schedule, progress.decay_start,
                                                                 progress.decay_steps)
-                    scaler.step(opt) if scaler is not None else opt.step()
+                    if finite:
+                        scaler.step(opt) if scaler is not None else opt.step()
                 if scaler is not None:
                     scaler.update()  # lowers the scale after an overflow; valid without step() after unscale_()
                 for opt in optimizers:
