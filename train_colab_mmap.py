@@ -21,21 +21,21 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from common import (ArgParser, UserError, cli_main, cuda_has_native_bf16, first_line, pick_device,
                     resolve_checkpoint_dir, sha256_file)
 from import_hf import load_model
 from model import MODEL_CONFIGS, GPTConfig, TransformerLanguageModel, get_config, read_config_json
 from tokenizer import load_tokenizer
-from train_data import (BatchStream, TokenSource, assistant_mask_for, check_token_files, choose_data_mode, eval_windows,
-                        num_windows, plan_splits, split_bytes)
+from train_data import (BatchStream, TokenSource, assistant_mask_for, check_token_files, choose_data_mode,
+                        eval_windows, num_windows, plan_splits, split_bytes)
 from train_state import (Checkpoint, MetricsLog, Progress, Ranks, capture_rng, find_checkpoint, list_checkpoints,
                          read_checkpoint, recover_interrupted_saves, restore_checkpoint, restore_rng, save_checkpoint)
-from train_step import (StopSignals, agree_on, build_optimizers, evaluate, forward_backward, free_memory,
+from train_step import (StopSignals, all_reduce, build_optimizers, evaluate, forward_backward, free_memory,
                         halved_micro_batch, is_oom, lr_at, peak_flops, planned_end, probe_bf16_speedup,
                         probe_micro_batch, roll_back, step_record)
 
-OPTIMIZERS, SCHEDULES = ("muon", "adamw"), ("wsd", "cosine")
 DEFAULT_MUON_LR = 0.006  # with match_rms_adamw, near AdamW-sized updates: bench/results/learning.md
 
 
@@ -59,67 +59,55 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--bin_file", required=True, help="token .bin (uint16/uint32, no header)")
     a("--tokenizer_file", required=True, help="the tokenizer JSON the .bin was made with")
-    a("--metadata_file", default=None, help="X_metadata.json (default: the one beside the .bin)")
+    a("--metadata_file", help="X_metadata.json (default: the one beside the .bin)")
     a("--model_size", default="tiny", choices=list(MODEL_CONFIGS))
     a("--batch_size", type=COUNT, default=32, help="GLOBAL sequences per optimizer step (all ranks x accumulation)")
     a("--epochs", type=COUNT, default=1)
     a("--use_gpu", action="store_true", help="require a GPU (CUDA, else MPS)")
     a("--checkpoint_dir", default="checkpoints")
-    a("--block_size", type=int, default=None, help="context length (default: the model size's)")
-    a("--n_layer", type=int, default=None)
-    a("--n_head", type=int, default=None)
-    a("--n_embd", type=int, default=None)
+    for flag in ("--block_size", "--n_layer", "--n_head", "--n_embd"):
+        a(flag, type=int, help="default: the model size's")
     a("--dropout", type=number(float, "in [0, 1)", lambda v: 0 <= v < 1), default=0.0)
-    a("--tie_embeddings", action="store_true")
-    a("--init_from", default=None, help="weights only: our checkpoint dir or a HuggingFace GPT-2 folder")
+    a("--init_from", help="weights only: our checkpoint dir or a HuggingFace GPT-2 folder")
     a("--data_mode", default="auto", choices=["auto", "mmap", "preload"])
-    a("--val_bin_file", default=None)
+    a("--val_bin_file")
     a("--val_fraction", type=number(float, "in [0, 0.5]", lambda v: 0 <= v <= 0.5), default=0.01,
       help="held-out tail when no --val_bin_file (0: no validation)")
     a("--loss_on", default="all", choices=["all", "assistant"])
-    a("--max_steps", type=COUNT, default=None)
-    a("--max_tokens", type=COUNT, default=None)
-    a("--max_minutes", type=POSITIVE, default=None, help="save and stop after this many minutes")
-    a("--optimizer", default=None, choices=OPTIMIZERS,
-      help="muon: Muon for the matrices inside the blocks, AdamW for the rest; adamw: AdamW for all "
-           "(default: the resumed checkpoint's, else muon)")
-    a("--schedule", default=None, choices=SCHEDULES,
-      help="wsd: warmup, constant, then a linear decay over --decay_fraction of the run; cosine: warmup, "
-           "then cosine to --min_lr (default: the resumed checkpoint's, else wsd)")
-    a("--lr", type=POSITIVE, default=None, help="peak learning rate of the AdamW groups (default: 1e-3 up to "
-                                                "n_embd 256, else 6e-4)")
-    a("--muon_lr", type=POSITIVE, default=DEFAULT_MUON_LR,
-      help="peak learning rate of Muon (each matrix's update is scaled to AdamW's RMS, so it holds across widths)")
-    a("--min_lr", type=NON_NEGATIVE, default=None, help="where the decay ends (default lr/10; Muon's at the same "
-                                                        "fraction of its peak)")
+    for flag in ("--max_steps", "--max_tokens", "--grad_accum_steps"):
+        a(flag, type=COUNT)
+    a("--max_minutes", type=POSITIVE, help="save and stop after this many minutes")
+    a("--optimizer", choices=["muon", "adamw"], help="muon: Muon for the block matrices, AdamW for the rest "
+                                                     "(default: the checkpoint's, else muon)")
+    a("--schedule", choices=["wsd", "cosine"], help="after warmup, wsd: constant then a linear decay; cosine: "
+                                                    "to --min_lr (default: the checkpoint's, else wsd)")
+    a("--lr", type=POSITIVE, help="peak AdamW learning rate (default: 1e-3 up to n_embd 256, else 6e-4)")
+    a("--muon_lr", type=POSITIVE, default=DEFAULT_MUON_LR, help="peak Muon learning rate (holds across widths)")
+    a("--min_lr", type=NON_NEGATIVE, help="where the decay ends (default: lr/10; Muon's at the same fraction)")
     a("--decay_fraction", type=number(float, "in (0, 1]", lambda v: 0 < v <= 1), default=0.3,
       help="wsd: the share of the run spent decaying")
-    a("--warmup_steps", type=COUNT_OR_0, default=None, help="default: 5%% of planned steps, at most 2000")
+    a("--warmup_steps", type=COUNT_OR_0, help="default: 5%% of planned steps, at most 2000")
     a("--weight_decay", type=float, default=0.1)
     a("--grad_clip", type=float, default=1.0, help="0: no clipping")
-    a("--grad_accum_steps", type=COUNT, default=None)
-    a("--micro_batch_size", type=COUNT, default=None, help="per-rank rows per forward (default: all; halved on OOM)")
+    a("--micro_batch_size", type=COUNT, help="per-rank rows per forward (default: all; halved on OOM)")
     a("--loss_chunk_size", type=number(int, ">= -1", lambda v: v >= -1), default=-1,
       help="tokens per loss chunk; -1: 2048 when vocab >= 8192, else 0 (off)")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-      help="auto: bf16 on GPUs that have it (else fp16); on a CPU, bf16 if a probe measures it faster")
+      help="auto: bf16 on GPUs that have it, else fp16; on a CPU, bf16 if measured faster")
     a("--compile", default="auto", choices=["auto", "on", "off"], help="auto: on for CUDA")
     a("--device", default="auto", help="auto|cpu|cuda|mps")
     a("--seed", type=int, default=1337)
     a("--eval_every_steps", type=COUNT_OR_0, default=500, help="0: only at the end of an epoch and of the run")
-    a("--eval_batches", type=COUNT, default=20,
-      help="micro-batches per evaluation (set by the first run; a resume keeps it)")
+    a("--eval_batches", type=COUNT, default=20, help="micro-batches per evaluation (fixed by the first run)")
     a("--log_every_steps", type=COUNT, default=10)
     a("--save_every_steps", type=COUNT_OR_0, default=1000, help="0: off")
     a("--save_every_minutes", type=NON_NEGATIVE, default=30.0, help="0: off")
-    a("--keep_last", type=COUNT_OR_0, default=3, help="step folders kept (best and decay_start are never pruned; "
-                                                      "0: keep all)")
+    a("--keep_last", type=COUNT_OR_0, default=3, help="step folders kept besides best and decay_start (0: all)")
     a("--resume", default="auto", help="auto (from checkpoint_dir/latest) | never | PATH")
     a("--nan_patience", type=COUNT, default=5, help="NaN/inf steps in a row before rolling back")
     a("--max_rollbacks", type=COUNT_OR_0, default=2)
-    a("--wandb", action="store_true")
-    a("--tensorboard", action="store_true")
-    a("--debug", action="store_true")
+    for flag in ("--tie_embeddings", "--wandb", "--tensorboard", "--debug"):
+        a(flag, action="store_true")
     return p
 
 
@@ -144,27 +132,18 @@ def check_args(a: argparse.Namespace, ranks: Ranks) -> None:
                 raise UserError(f"--{flag} needs the {pkg} package: pip install {pkg} (or drop --{flag})") from None
 
 
-# ---------------------------------------------------------------------------- devices and precision
-
 def choose_device(args: argparse.Namespace, ranks: Ranks) -> torch.device:
-    if args.use_gpu:
-        if torch.cuda.is_available():
-            dev = torch.device("cuda")
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            dev = torch.device("mps")
-        else:
-            raise UserError(f"--use_gpu: torch {torch.__version__} sees no GPU (CUDA unavailable); in Colab choose "
-                            f"Runtime > Change runtime type > GPU, or drop --use_gpu to train on the CPU")
-        if args.device not in ("auto", dev.type):
-            raise UserError(f"--use_gpu conflicts with --device {args.device}; pass one of them")
-    else:
-        dev = pick_device(args.device)
+    dev = pick_device("auto" if args.use_gpu else args.device)  # auto: CUDA, else MPS, else the CPU
+    if args.use_gpu and dev.type == "cpu":
+        raise UserError(f"--use_gpu: torch {torch.__version__} sees no GPU (CUDA unavailable); in Colab choose "
+                        f"Runtime > Change runtime type > GPU, or drop --use_gpu to train on the CPU")
+    if args.use_gpu and args.device not in ("auto", dev.type):
+        raise UserError(f"--use_gpu conflicts with --device {args.device}; pass one of them")
     return torch.device("cuda", ranks.local_rank) if dev.type == "cuda" and ranks.world_size > 1 else dev
 
 
 def choose_dtype(requested: str, device: torch.device, config: GPTConfig, rows: int) -> tuple[str, str]:
-    """The training precision and why. On a CPU, auto measures (probe_bf16_speedup) and takes bf16
-    only when its matrix multiplies run at least 1.1x faster: autocast also pays for casts."""
+    """The training precision and why."""
     cuda_bf16 = cuda_has_native_bf16(device)
     if requested == "bf16" and device.type == "cuda" and not cuda_bf16:
         raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --dtype fp16")
@@ -174,91 +153,75 @@ def choose_dtype(requested: str, device: torch.device, config: GPTConfig, rows: 
         return ("bf16", "GPU supports bf16") if cuda_bf16 else ("fp16", "GPU lacks bf16; fp16 with a GradScaler")
     if device.type != "cpu":
         return "fp32", f"{device.type}: no bf16 autocast there by default"
+    # on a CPU bf16 pays only when its matrix multiplies run at least 1.1x faster: autocast also pays for casts
     speedup = probe_bf16_speedup(config, rows)
-    return ("bf16" if speedup >= 1.1 else "fp32"), f"measured: bf16 matmuls run {speedup:.2f}x fp32 at this model's shapes"
+    return "bf16" if speedup >= 1.1 else "fp32", f"measured: bf16 matmuls run {speedup:.2f}x fp32 at these model shapes"
 
 
-# ---------------------------------------------------------------------------- model config and resume
-
-def find_resume_point(args: argparse.Namespace, ckdir: Path, say) -> Checkpoint | None:
+def find_resume_point(args: argparse.Namespace, ranks: Ranks, say) -> tuple[Path, Checkpoint | None]:
+    """--checkpoint_dir, tidied after a save cut off midway, and the checkpoint to resume from, if any."""
+    ckdir = Path(args.checkpoint_dir)
+    if ckdir.exists() and not ckdir.is_dir():
+        raise UserError(f"--checkpoint_dir {ckdir} is a file; pass a folder")
+    if ranks.is_main and ckdir.is_dir():
+        recover_interrupted_saves(ckdir)
+    if ranks.world_size > 1:
+        dist.barrier()
     if args.resume == "auto":
-        return find_checkpoint(ckdir, say)
+        return ckdir, find_checkpoint(ckdir, say)
     if args.resume != "never":
         folder = resolve_checkpoint_dir(args.resume)
         try:
-            return read_checkpoint(folder)
+            return ckdir, read_checkpoint(folder)
         except ValueError as e:
             raise UserError(f"--resume {args.resume}: {folder} is unusable: {e}") from None
     if ckdir.is_dir() and list_checkpoints(ckdir):
         say(f"warning: --resume never: {ckdir} already holds checkpoints; same-named step folders will be replaced")
-    return None
+    return ckdir, None
 
 
-def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None) -> GPTConfig | None:
-    """The config of the checkpoint being resumed, or of the flags; None for --init_from, whose
-    weights are read only after the data has been checked (its block size: init_block_size)."""
+def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None, say) -> tuple[GPTConfig, dict | None]:
+    """The config of the checkpoint resumed, else of --init_from (with its weights), else of the flags."""
     if resume is not None:
         folder, saved = resume.folder, resume.trainer_state.get("args", {})
         for k in ("model_size", "block_size", "n_layer", "n_head", "n_embd", "tie_embeddings", "init_from"):
             if k in saved and saved[k] != getattr(args, k):
                 raise UserError(f"{folder} was trained with --{k} {saved[k]}, this run asks for {getattr(args, k)}: "
                                 f"pass the same model flags, another --checkpoint_dir, or --resume never")
-        cfg = GPTConfig.from_dict(read_config_json(folder), str(folder / "config.json"))
-        if cfg.vocab_size != vocab:
-            raise UserError(f"{folder} has vocab_size {cfg.vocab_size} but --tokenizer_file has {vocab} tokens")
         if sha256_file(folder / "tokenizer.json") != sha256_file(args.tokenizer_file):
             raise UserError(f"--tokenizer_file {args.tokenizer_file} differs from the tokenizer {folder} was "
                             f"trained with; pass that tokenizer, another --checkpoint_dir, or --resume never")
-        return dataclasses.replace(cfg, dropout=args.dropout)
-    if args.init_from:
-        return None
-    return get_config(args.model_size, vocab, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                      n_embd=args.n_embd, dropout=args.dropout, tie_embeddings=args.tie_embeddings or None)
+        cfg = GPTConfig.from_dict(read_config_json(folder), str(folder / "config.json"))
+        return dataclasses.replace(cfg, dropout=args.dropout), None
+    if not args.init_from:
+        return get_config(args.model_size, vocab, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                          n_embd=args.n_embd, dropout=args.dropout, tie_embeddings=args.tie_embeddings or None), None
+    src = load_model(args.init_from)  # our checkpoint or a HuggingFace GPT-2 folder
+    c, T = src.config, args.block_size or src.config.block_size
+    if c.vocab_size != vocab:
+        raise UserError(f"--init_from {args.init_from} has vocab_size {c.vocab_size} but --tokenizer_file has "
+                        f"{vocab} tokens; fine-tune with the tokenizer it was trained with")
+    if T > c.block_size:
+        raise UserError(f"--block_size {T} exceeds --init_from's block_size {c.block_size}")
+    weights = src.state_dict()
+    weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][:T].clone()  # positions cropped to T
+    say(f"init_from {args.init_from}: n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd} (--model_size ignored)")
+    return dataclasses.replace(c, block_size=T, dropout=args.dropout), weights
 
 
 def choose_optimizer(requested: str | None, resume: Checkpoint | None, say) -> str:
-    """The checkpoint's optimizer on a resume (another one asked for is an error); else muon
-    (adamw on a torch without torch.optim.Muon, with a note)."""
-    if resume is not None:
-        saved = "muon" if resume.training_state.get("muon") else "adamw"  # older checkpoints: adamw
-        if requested not in (None, saved):
-            raise UserError(f"{resume.folder} was trained with --optimizer {saved}, this run asks for --optimizer "
-                            f"{requested}: pass --optimizer {saved}, another --checkpoint_dir, or --resume never")
-        return saved
-    if (requested or "muon") == "muon" and not hasattr(torch.optim, "Muon"):
-        if requested:
+    """The checkpoint's optimizer on a resume (asking for another is an error); else muon, if torch has it."""
+    saved = resume and ("muon" if resume.training_state.get("muon") else "adamw")  # older checkpoints: adamw
+    if saved and requested not in (None, saved):
+        raise UserError(f"{resume.folder} was trained with --optimizer {saved}, this run asks for --optimizer "
+                        f"{requested}: pass --optimizer {saved}, another --checkpoint_dir, or --resume never")
+    if (saved or requested or "muon") == "muon" and not hasattr(torch.optim, "Muon"):
+        if saved or requested:
             raise UserError(f"--optimizer muon needs torch.optim.Muon (torch >= 2.9; this is {torch.__version__}): "
                             f"upgrade torch or pass --optimizer adamw")
         say(f"note: torch {torch.__version__} has no torch.optim.Muon: training with AdamW")
         return "adamw"
-    return requested or "muon"
-
-
-def init_block_size(args: argparse.Namespace, vocab: int) -> int:
-    """--init_from's context length, from its config.json alone (ours: block_size; HF: n_positions)."""
-    raw = read_config_json(resolve_checkpoint_dir(args.init_from))
-    if raw.get("vocab_size", vocab) != vocab:
-        raise UserError(f"--init_from {args.init_from} has vocab_size {raw['vocab_size']} but --tokenizer_file has "
-                        f"{vocab} tokens; fine-tune with the tokenizer it was trained with")
-    return args.block_size or int(raw.get("block_size") or raw.get("n_positions") or 1024)
-
-
-def init_from_weights(args: argparse.Namespace, vocab: int, say) -> tuple[GPTConfig, dict]:
-    """--init_from (our checkpoint or a HuggingFace GPT-2 folder): config and weights, the
-    position table cropped to --block_size."""
-    src = load_model(args.init_from)
-    c = src.config
-    if c.vocab_size != vocab:
-        raise UserError(f"--init_from {args.init_from} has vocab_size {c.vocab_size} but --tokenizer_file has "
-                        f"{vocab} tokens; fine-tune with the tokenizer it was trained with")
-    T = args.block_size or c.block_size
-    if T > c.block_size:
-        raise UserError(f"--block_size {T} exceeds --init_from's block_size {c.block_size}")
-    weights = src.state_dict()
-    weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][:T].clone()
-    say(f"init_from {args.init_from}: n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd} "
-        f"(--model_size is ignored)")
-    return dataclasses.replace(c, block_size=T, dropout=args.dropout), weights
+    return saved or requested or "muon"
 
 
 def wrap_model(model: TransformerLanguageModel, use_compile: bool, ranks: Ranks, device: torch.device):
@@ -269,8 +232,6 @@ def wrap_model(model: TransformerLanguageModel, use_compile: bool, ranks: Ranks,
             wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     return wrapped
 
-
-# ---------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -290,63 +251,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
-    bar = None  # the progress bar, once it exists: messages are written above it
-
     def say(msg: str) -> None:
         if ranks.is_main:
-            (bar.write if bar is not None else print)(msg, file=sys.stderr)
+            tqdm.write(msg, file=sys.stderr)  # above the progress bar, once there is one
 
-    # ------------------------------------------------------------------ data, checked before any model exists
+    # ------------------------------------------------------------------ data and model config, checked first
     tokenizer = load_tokenizer(args.tokenizer_file)
     V = tokenizer.vocab_size
     token_file = check_token_files(args.bin_file, args.metadata_file, args.tokenizer_file, V)
-    ckdir = Path(args.checkpoint_dir)
-    if ckdir.exists() and not ckdir.is_dir():
-        raise UserError(f"--checkpoint_dir {ckdir} is a file; pass a folder")
-    if ranks.is_main and ckdir.is_dir():
-        recover_interrupted_saves(ckdir)
-    if ranks.world_size > 1:
-        dist.barrier()
-    resume = find_resume_point(args, ckdir, say)
-    config = model_config(args, V, resume)
-    T, B = (config.block_size if config else init_block_size(args, V)), args.batch_size
+    ckdir, resume = find_resume_point(args, ranks, say)
+    config, init_weights = model_config(args, V, resume, say)
+    T, B, per_rank = config.block_size, args.batch_size, args.batch_size // ranks.world_size
     train_split, val_split = plan_splits(token_file, args.val_bin_file, args.val_fraction, T, B)
     mask = assistant_mask_for(tokenizer, args.tokenizer_file) if args.loss_on == "assistant" else None
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    data_mode = choose_data_mode(args.data_mode, len(train_split) * token_file.dtype.itemsize, local_ranks)
-    preload = data_mode == "preload"
-    init_weights = None
-    if config is None:
-        config, init_weights = init_from_weights(args, V, say)
+    data_mode = choose_data_mode(args.data_mode, len(train_split) * token_file.dtype.itemsize,
+                                 int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # a copy per local rank
 
     # ------------------------------------------------------------------ how long, how fast, how precise
-    steps_per_epoch = num_windows(len(train_split), T) // B
-    total_steps = args.epochs * steps_per_epoch
-    if args.max_steps:
-        total_steps = min(total_steps, args.max_steps)
-    if args.max_tokens:
-        total_steps = min(total_steps, math.ceil(args.max_tokens / (B * T)))
+    n_windows = num_windows(len(train_split), T)
+    total_steps = min(args.epochs * (n_windows // B), args.max_steps or math.inf,
+                      -(-args.max_tokens // (B * T)) if args.max_tokens else math.inf)
     lr = args.lr or (1e-3 if config.n_embd <= 256 else 6e-4)  # nanoGPT's char model / GPT-2 small
     if args.min_lr is not None and args.min_lr > lr:
         raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} (the default for n_embd "
-                        f"{config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or --lr {args.min_lr:g}")
-    min_lr = args.min_lr if args.min_lr is not None else lr / 10
-    warmup = args.warmup_steps if args.warmup_steps is not None else min(2000, total_steps // 20)
+                        f"{config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or "
+                        f"--lr {args.min_lr:g}")
+    min_lr = lr / 10 if args.min_lr is None else args.min_lr
+    warmup = min(2000, total_steps // 20) if args.warmup_steps is None else args.warmup_steps
     optimizer_name = choose_optimizer(args.optimizer, resume, say)
     schedule = args.schedule or (resume.trainer_state.get("schedule", "cosine") if resume else "wsd")
-    per_rank = B // ranks.world_size
-    micro_batch = min(args.micro_batch_size, per_rank) if args.micro_batch_size else per_rank // (args.grad_accum_steps or 1)
+    micro_batch = args.micro_batch_size or per_rank // (args.grad_accum_steps or 1)
     loss_chunk = args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0)
     dtype, dtype_why = choose_dtype(args.dtype, device, config, micro_batch * T)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     # ------------------------------------------------------------------ model, optimizers, state
-    train_source = TokenSource(train_split, preload)
-    val_source = TokenSource(val_split, preload) if val_split else None
+    train_source = TokenSource(train_split, data_mode == "preload")
+    val_source = TokenSource(val_split, data_mode == "preload") if val_split else None
     torch.manual_seed(args.seed)
     model = TransformerLanguageModel(config)
     if init_weights is not None:
@@ -357,29 +301,15 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     optimizers = build_optimizers(model, optimizer_name, lr, min_lr, args.muon_lr, args.weight_decay, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
     progress = Progress(micro_batch_size=micro_batch)
-    metrics = MetricsLog(ckdir, say) if ranks.is_main else None
-    if ranks.is_main:
-        ckdir.mkdir(parents=True, exist_ok=True)
     if resume is not None:
         restore_checkpoint(resume, model, optimizers, scaler, progress, ranks, device, args.seed)
-        if args.micro_batch_size is None and args.grad_accum_steps is None:
-            progress.micro_batch_size = min(progress.micro_batch_size, per_rank)  # the size that fitted last time
-        else:
-            progress.micro_batch_size = micro_batch
-        if metrics:
-            metrics.truncate_after(progress.step)
-    elif metrics:
-        metrics.start_fresh()
-    if metrics and args.wandb:
-        import wandb
-        wandb.init(project="gpt2-from-scratch", config=vars(args), dir=str(ckdir))
-        metrics.sinks.append(lambda r: wandb.log({k: v for k, v in r.items() if isinstance(v, (int, float))},
-                                                 step=r["step"]))
-    if metrics and args.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(str(ckdir / "tensorboard"))
-        metrics.sinks.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in r.items()
-                                        if isinstance(v, (int, float)) and k != "step"])
+        if not (args.micro_batch_size or args.grad_accum_steps):  # the size that fitted last time
+            micro_batch = min(progress.micro_batch_size, per_rank)
+        progress.micro_batch_size = micro_batch
+    if ranks.is_main:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(ckdir, say, progress.step if resume else None, vars(args), args.wandb,
+                         args.tensorboard) if ranks.is_main else None
     if val_source is not None:  # fixed by the first run: every evaluation (and `best`) sees the same windows
         progress.eval_windows = progress.eval_windows or args.eval_batches * progress.micro_batch_size
         eval_ids = eval_windows(num_windows(len(val_source), T), progress.eval_windows)
@@ -389,28 +319,22 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     fwd = wrap_model(model, use_compile, ranks, device)
     compile_verified = not use_compile  # set once a compiled step has run (a failure falls back to eager)
     peak, flops_per_token = peak_flops(device), model.flops_per_token(T)
-    n_windows = num_windows(len(train_split), T)
     summary = {"optimizer": optimizer_name, "schedule": schedule, "dtype": dtype, "world_size": ranks.world_size,
                "torch_version": torch.__version__, "args": vars(args)}
 
     gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
     say(f"device {device} ({gpu}{ranks.world_size} rank{'s' * (ranks.world_size > 1)}), dtype {dtype} ({dtype_why}), "
-        f"compile {'on' if use_compile else 'off'}")
-    say(f"model: {model.num_parameters():,} parameters (n_layer {config.n_layer}, n_head {config.n_head}, n_embd "
-        f"{config.n_embd}, block_size {T}, vocab {V}{', tied' if config.tie_embeddings else ''})")
-    say(f"data: {token_file.path.name} {token_file.num_tokens:,} {token_file.dtype.name} tokens ({data_mode}); train "
-        f"{len(train_split):,}, validation {len(val_split) if val_split else 0:,}; {n_windows:,} windows, "
-        f"{steps_per_epoch:,} steps/epoch; loss on {args.loss_on} tokens"
-        f"{f', loss chunks of {loss_chunk}' if loss_chunk else ''}")
+        f"compile {'on' if use_compile else 'off'}; {model.num_parameters():,} parameters, {config}")
+    say(f"data: {token_file.path.name} ({data_mode}), train {len(train_split):,} tokens, validation "
+        f"{len(val_split) if val_split else 0:,}; {n_windows // B:,} steps/epoch; loss on {args.loss_on} tokens"
+        f"{f' in chunks of {loss_chunk}' if loss_chunk else ''}")
     muon = f", Muon lr {args.muon_lr:g}" if optimizer_name == "muon" else ""
-    say(f"batch {B} = {ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); "
-        f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; "
-        f"{total_steps:,} steps planned")
-    say(f"checkpoints: {ckdir} " + (f"(resumed from {resume.folder.name}: step {progress.step}, epoch "
-                                   f"{progress.epoch})" if resume is not None else "(fresh start)"))
+    say(f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; batch {B} = "
+        f"{ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); {total_steps:,} steps")
+    say(f"checkpoints: {ckdir} " + (f"(resumed from {resume.folder.name}: step {progress.step}, epoch {progress.epoch})"
+                                   if resume else "(fresh start)"))  # bench/soak_train.py reads this line
     if progress.step >= total_steps:
-        say(f"already trained to step {progress.step} of {total_steps}: nothing to do "
-            f"(raise --epochs, --max_steps or --max_tokens to continue)")
+        say(f"already trained to step {progress.step} of {total_steps}: raise --epochs, --max_steps or --max_tokens")
         return 0
     if schedule == "wsd" and progress.decay_steps and progress.step >= progress.decay_start + progress.decay_steps:
         say(f"note: this run's decay ended at step {progress.decay_start + progress.decay_steps}: the new steps run "
@@ -421,25 +345,23 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                            progress.offset, mask, pin=device.type == "cuda")
 
     def save(*pointers: str) -> None:
-        progress.wall_time_s = wall_before + time.time() - session_start
-        save_checkpoint(ckdir, model, optimizers, scaler, progress, ranks, device,
-                        {**summary, **progress.summary()}, args.tokenizer_file, args.keep_last,
-                        ("latest",) + pointers)
+        nonlocal last_save
+        progress.wall_time_s = round(wall_before + time.time() - session_start, 1)
+        save_checkpoint(ckdir, model, optimizers, scaler, progress, ranks, device, summary, args.tokenizer_file,
+                        args.keep_last, ("latest", *pointers))
+        last_save = time.time()
 
     # ------------------------------------------------------------------ the training loop
     session_start = last_save = last_log = time.time()
-    wall_before, session_steps, log_tokens, exit_code = progress.wall_time_s, 0, 0, 0
-    saved_step, bad_streak = (progress.step if resume is not None else -1), 0
+    wall_before, session_steps, log_tokens, bad_streak, exit_code = progress.wall_time_s, 0, 0, 0, 0
     batches = open_batches()
+    bar = tqdm(total=total_steps, initial=progress.step, unit="step", file=sys.stderr, mininterval=1.0,
+               dynamic_ncols=True, disable=not ranks.is_main)
     with StopSignals(say) as signals:
         try:
-            if ranks.is_main:
-                from tqdm import tqdm
-                bar = tqdm(total=total_steps, initial=progress.step, unit="step", file=sys.stderr, mininterval=1.0,
-                           dynamic_ncols=True)
             if ranks.world_size > 1:  # find a micro-batch that fits on every rank before step 1
                 progress.micro_batch_size = probe_micro_batch(fwd, batches.next(), progress.micro_batch_size,
-                                                              optimizers, loss_chunk, amp_dtype, ranks, say)
+                                                              optimizers, loss_chunk, amp_dtype, say)
                 batches.close()
                 batches = open_batches()
             while progress.step < total_steps:
@@ -450,7 +372,6 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     if progress.step >= end - max(1, round(args.decay_fraction * end)):
                         if progress.step > 0:
                             save("decay_start")  # the state before the decay: extending the run starts here
-                            saved_step = progress.step
                         progress.decay_start, progress.decay_steps = progress.step, end - progress.step
                 decay_end = progress.decay_start + progress.decay_steps
                 end = decay_end if args.max_minutes and progress.step < decay_end else total_steps
@@ -467,59 +388,51 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                         if not is_oom(e) and compile_verified:
                             raise
                         compile_error = None if is_oom(e) else f"{type(e).__name__}: {first_line(e)}"
-                    # out here, the failed step's tensors (held by the exception) are gone
-                    free_memory(optimizers, device)
+                    free_memory(optimizers, device)  # out here, the failed step's tensors (held by `e`) are gone
                     restore_rng(rng, device)
                     if compile_error:
                         say(f"warning: torch.compile failed ({compile_error}); continuing in eager mode")
                         fwd, compile_verified = wrap_model(model, False, ranks, device), True
                     else:
-                        micro = progress.micro_batch_size
-                        progress.micro_batch_size = halved_micro_batch(micro, T, dtype, ranks)
-                        say(f"out of memory at micro-batch {micro}: retrying the step with micro-batch "
-                            f"{progress.micro_batch_size} (accumulating "
-                            f"{math.ceil(per_rank / progress.micro_batch_size)} per step)")
+                        progress.micro_batch_size = halved_micro_batch(progress.micro_batch_size, per_rank, T, dtype,
+                                                                       ranks, say)
                 compile_verified = True
 
                 # the optimizer step, skipped when the loss or the gradients are not finite
                 if scaler is not None:  # clip the true gradients, not the scaled ones
                     for opt in optimizers:
                         scaler.unscale_(opt)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
                 if ranks.world_size > 1:
                     dist.all_reduce(loss_sum)
                 loss, grad_norm = torch.stack([loss_sum.float(), grad_norm.detach().float().to(device)]).tolist()
                 loss /= max(n_targets, 1)
                 finite = math.isfinite(loss) and (scaler is not None or math.isfinite(grad_norm))
-                if finite:
-                    for opt in optimizers:
-                        for group in opt.param_groups:
-                            group["lr"] = progress.lr_scale * lr_at(progress.step, total_steps, warmup, group["peak_lr"],
-                                                                    group["min_lr"], schedule, progress.decay_start,
-                                                                    progress.decay_steps)
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = progress.lr_scale * lr_at(progress.step, total_steps, warmup, group["peak_lr"],
+                                                                group["min_lr"], schedule, progress.decay_start,
+                                                                progress.decay_steps)
+                    if finite:
                         scaler.step(opt) if scaler is not None else opt.step()
                 if scaler is not None:
                     scaler.update()  # lowers the scale after an overflow; valid without step() after unscale_()
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                progress.step += 1
-                session_steps += 1
-                progress.tokens_seen += B * T
-                log_tokens += B * T
+                progress.step, progress.tokens_seen = progress.step + 1, progress.tokens_seen + B * T
                 progress.epoch, progress.offset = batch.epoch, batch.offset
-                if bar is not None:
-                    bar.update(1)
+                session_steps, log_tokens = session_steps + 1, log_tokens + B * T
+                bar.update(1)
 
                 # the step is done: bookkeeping, logging, evaluation, saving, stopping
                 if not finite:
-                    bad_streak += 1
-                    progress.nan_skipped += 1
+                    bad_streak, progress.nan_skipped = bad_streak + 1, progress.nan_skipped + 1
                     say(f"warning: non-finite loss/gradients at step {progress.step} (loss {loss}); update skipped "
                         f"({bad_streak} in a row, {progress.nan_skipped} in all)")
                     if bad_streak >= args.nan_patience:
                         roll_back(ckdir, model, optimizers, scaler, progress, ranks, device, args.max_rollbacks,
                                   args.seed, lr, bad_streak, metrics, say)
-                        bad_streak, saved_step = 0, progress.step
+                        bad_streak = 0
                         batches.close()
                         batches = open_batches()
                         continue
@@ -529,12 +442,12 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 if epoch_end:
                     progress.epoch, progress.offset = progress.epoch + 1, 0
                 now = time.time()
-                stop_flags = [signals.signum > 0, ranks.is_main and args.max_minutes is not None and
-                              now - session_start >= 60 * args.max_minutes,
-                              ranks.is_main and args.save_every_minutes > 0 and now - last_save >= 60 * args.save_every_minutes]
+                flags = [signals.signum > 0,  # each minutes flag is 0 when off: then never due
+                         ranks.is_main and now - session_start >= 60 * (args.max_minutes or math.inf),
+                         ranks.is_main and now - last_save >= 60 * (args.save_every_minutes or math.inf)]
                 if ranks.world_size > 1:  # a signal may reach one rank only; rank 0 keeps the time
-                    stop_flags = agree_on(stop_flags, device)
-                signalled, time_up, save_due = stop_flags
+                    flags = (all_reduce(torch.tensor(flags, dtype=torch.float32, device=device)) > 0).tolist()
+                signalled, time_up, save_due = flags
                 last = progress.step >= end or signalled or time_up
                 if finite and (progress.step % args.log_every_steps == 0 or last or progress.step == 1):
                     tokens_per_sec = log_tokens / max(now - last_log, 1e-9)
@@ -542,30 +455,26 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     if metrics:
                         metrics.write(step_record(progress, n_windows, loss, grad_norm, tokens_per_sec, mfu,
                                                   optimizers[0].param_groups[0]["lr"], now - session_start, device))
-                    if bar is not None:
-                        bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | MFU "
-                                            f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", refresh=False)
+                    bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | MFU "
+                                        f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", refresh=False)
                     log_tokens, last_log = 0, now
-                paused = time.time()  # evaluation and saving are left out of tokens/s
-                improved = False
-                if val_source is not None and ((args.eval_every_steps and progress.step % args.eval_every_steps == 0)
-                                               or epoch_end or last):
-                    val = evaluate(model, val_source, eval_ids, progress.micro_batch_size, mask, loss_chunk,
-                                   amp_dtype, ranks)
-                    if val is not None:
-                        improved = progress.best_val_loss is None or val < progress.best_val_loss
-                        progress.val_loss, progress.best_val_loss = val, min(val, progress.best_val_loss or val)
-                        progress.val_bpb = val * nats_to_bpb if nats_to_bpb else None
-                        if metrics:
-                            metrics.write({"step": progress.step, "tokens": progress.tokens_seen, "val_loss": val,
-                                           "val_bpb": progress.val_bpb, "train_loss": progress.train_loss})
-                            metrics.plot()
-                        say(f"step {progress.step}: train loss {fmt(progress.train_loss)}, val loss {val:.4f}, "
-                            f"val bpb {fmt(progress.val_bpb)}{' (best)' if improved else ''}")
+                paused, improved = time.time(), False  # evaluation and saving are left out of tokens/s
+                eval_due = args.eval_every_steps and progress.step % args.eval_every_steps == 0
+                val = evaluate(model, val_source, eval_ids, progress.micro_batch_size, mask, loss_chunk, amp_dtype,
+                               ranks) if val_source is not None and (eval_due or epoch_end or last) else None
+                if val is not None:
+                    improved = progress.best_val_loss is None or val < progress.best_val_loss
+                    progress.val_loss, progress.best_val_loss = val, min(val, progress.best_val_loss or val)
+                    progress.val_bpb = val * nats_to_bpb if nats_to_bpb else None
+                    if metrics:
+                        metrics.write({"step": progress.step, "tokens": progress.tokens_seen, "val_loss": val,
+                                       "val_bpb": progress.val_bpb, "train_loss": progress.train_loss})
+                        metrics.plot()
+                    say(f"step {progress.step}: train loss {fmt(progress.train_loss)}, val loss {val:.4f}, "
+                        f"val bpb {fmt(progress.val_bpb)}{' (best)' if improved else ''}")
                 if improved or epoch_end or last or save_due or (
                         args.save_every_steps and progress.step % args.save_every_steps == 0):
-                    save(*(("best",) if improved else ()))
-                    saved_step, last_save = progress.step, time.time()
+                    save(*(["best"] if improved else []))
                 last_log += time.time() - paused
                 if signalled or time_up:
                     signum = signals.signum or 15  # 0 here: the signal reached another rank (15: SIGTERM)
@@ -573,28 +482,20 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     why = signal.Signals(signum).name if signalled else f"--max_minutes {args.max_minutes}"
                     say(f"stopped by {why} at step {progress.step}; saved {ckdir / f'step_{progress.step:08d}'}; "
                         f"run the same command again to resume")
+                if last:  # saved above: the run ends at a checkpoint
                     break
-                if last:
-                    break
-            if progress.step != saved_step:
-                save()
         except torch.OutOfMemoryError:
             raise UserError(f"out of memory (micro-batch {progress.micro_batch_size}, --batch_size {B}): "
                             f"pass --micro_batch_size {max(1, progress.micro_batch_size // 2)}") from None
         finally:
             batches.close()
-            if bar is not None:
-                bar.close()
-                bar = None
+            bar.close()
     best = ckdir / "best"
-    best_name = best.read_text().strip() if best.is_file() else None
     say(f"done: step {progress.step}/{total_steps}, {progress.epoch + progress.offset / n_windows:.2f} epochs, "
-        f"{progress.tokens_seen:,} tokens seen; this session {(time.time() - session_start) / 60:.1f} min; train loss "
-        f"{fmt(progress.train_loss)}, best val loss {fmt(progress.best_val_loss)}"
-        f"{f' ({best_name})' if best_name else ''}, val bpb {fmt(progress.val_bpb)}; {progress.nan_skipped} "
-        f"non-finite steps skipped, {progress.rollbacks} rollbacks; micro-batch {progress.micro_batch_size}")
-    say(f"checkpoint: {ckdir}/latest -> step_{progress.step:08d}; load it with "
-        f"TransformerLanguageModel.from_pretrained('{ckdir}')")
+        f"{progress.tokens_seen:,} tokens; train loss {fmt(progress.train_loss)}, best val loss "
+        f"{fmt(progress.best_val_loss)}{f' ({best.read_text().strip()})' if best.is_file() else ''}, val bpb "
+        f"{fmt(progress.val_bpb)}; {progress.nan_skipped} non-finite steps skipped, {progress.rollbacks} rollbacks; "
+        f"load it with TransformerLanguageModel.from_pretrained('{ckdir}')")
     return exit_code
 
 

@@ -1,16 +1,15 @@
-"""The training data of train_colab_mmap.py: token files checked against their metadata and
-tokenizer, the train/validation splits, memmap or RAM reads, windows in a seeded order per epoch,
-the --loss_on assistant mask, and a thread that prepares the next batches.
-
-A window is block_size + 1 consecutive tokens (inputs, and the same shifted by one as targets);
-window i starts at token i * block_size of its split, so an epoch visits each window once.
+"""The training data: token files checked against their metadata and tokenizer, train/validation
+splits, memmap or RAM reads, the --loss_on assistant mask, and batches of windows in a seeded order
+per epoch. Window i of a split is its tokens [i*T, i*T + T + 1): inputs, and targets shifted by one.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-import queue
 import sys
-import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,21 +37,17 @@ class TokenFile:
 
 def metadata_beside(bin_path: Path) -> Path | None:
     """X_metadata.json beside X.bin, when it exists."""
-    sibling = bin_path.with_name(bin_path.name[:-4] + "_metadata.json") if bin_path.name.endswith(".bin") else None
-    return sibling if sibling is not None and sibling.is_file() else None
+    sibling = bin_path.with_name(bin_path.name.removesuffix(".bin") + "_metadata.json")
+    return sibling if bin_path.suffix == ".bin" and sibling.is_file() else None
 
 
 def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: str, tok_vocab: int) -> TokenFile:
-    """Validate the .bin against its metadata and the tokenizer (dtype, num_tokens, vocab_size,
-    tokenizer_sha256). Paths named inside the metadata are never opened."""
+    """The .bin checked against its metadata and the tokenizer (paths inside the metadata are never opened)."""
     path = Path(bin_file)
-    if not path.is_file():
-        raise UserError(f"--bin_file {path} not found (pass the .bin written by tokenize_local_bpe.py; "
-                        f"gunzip the .bin.gz first)")
-    size = path.stat().st_size
+    size = path.stat().st_size if path.is_file() else 0
     if size == 0:
-        raise UserError(f"--bin_file {path} is empty (0 bytes): regenerate it with tokenize_local_bpe.py from a "
-                        f"non-empty corpus")
+        raise UserError(f"--bin_file {path} {'is empty (0 bytes)' if path.is_file() else 'not found'}: pass the .bin "
+                        f"written by tokenize_local_bpe.py from a non-empty corpus (gunzip a .bin.gz first)")
     metadata_file = metadata_file or metadata_beside(path)
     if metadata_file is None:
         dtype = np.dtype(np.uint16 if tok_vocab <= 65536 else np.uint32)
@@ -69,42 +64,24 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
     missing = [k for k in ("dtype", "num_tokens", "vocab_size", "tokenizer_sha256") if k not in meta]
     if missing:
         raise UserError(f"--metadata_file {metadata_file} lacks {missing}; regenerate it with tokenize_local_bpe.py")
-    if meta["dtype"] not in DTYPES:
-        raise UserError(f"--metadata_file {metadata_file}: dtype {meta['dtype']!r} is not one of {sorted(DTYPES)}")
-    dtype = np.dtype(DTYPES[meta["dtype"]])
     num_tokens, vocab = meta["num_tokens"], meta["vocab_size"]
-    if not isinstance(num_tokens, int) or num_tokens < 0 or not isinstance(vocab, int) or vocab <= 0:
-        raise UserError(f"--metadata_file {metadata_file}: num_tokens={num_tokens!r} and vocab_size={vocab!r} "
-                        f"must be non-negative integers")
+    if meta["dtype"] not in DTYPES or not (isinstance(num_tokens, int) and num_tokens >= 0 and isinstance(vocab, int)
+                                           and 0 < vocab <= np.iinfo(DTYPES[meta["dtype"]]).max + 1):
+        raise UserError(f"--metadata_file {metadata_file}: dtype {meta['dtype']!r}, num_tokens {num_tokens!r}, "
+                        f"vocab_size {vocab!r} are not a dtype of {sorted(DTYPES)} and counts that fit it; "
+                        f"regenerate it with tokenize_local_bpe.py")
+    dtype = np.dtype(DTYPES[meta["dtype"]])
     if size != num_tokens * dtype.itemsize:
         raise UserError(f"--bin_file {path} has {size:,} bytes but {metadata_file} says {num_tokens:,} {dtype.name} "
                         f"tokens ({num_tokens * dtype.itemsize:,} bytes): the .bin is truncated or from another "
                         f"run; decompress it again or pass the matching metadata")
-    if vocab > np.iinfo(dtype).max + 1:
-        raise UserError(f"--metadata_file {metadata_file}: vocab_size {vocab} does not fit dtype {dtype.name}")
-    digest = sha256_file(tokenizer_file)
-    if digest != meta["tokenizer_sha256"]:
-        raise UserError(f"--tokenizer_file {tokenizer_file} (sha256 {digest[:12]}...) is not the tokenizer "
-                        f"{path.name} was made with (metadata tokenizer_sha256 {str(meta['tokenizer_sha256'])[:12]}"
-                        f"...); pass the tokenizer file written together with the .bin")
+    if sha256_file(tokenizer_file) != meta["tokenizer_sha256"]:
+        raise UserError(f"--tokenizer_file {tokenizer_file} is not the tokenizer {path.name} was made with (its sha256 "
+                        f"differs from the metadata's); pass the tokenizer file written together with the .bin")
     if vocab != tok_vocab:
         raise UserError(f"--metadata_file {metadata_file} says vocab_size {vocab} but --tokenizer_file "
                         f"{tokenizer_file} has {tok_vocab} tokens; pass the matching pair")
     return TokenFile(path, dtype, num_tokens, meta.get("num_bytes"))
-
-
-def check_val_file(val_bin_file: str, dtype: np.dtype) -> TokenFile:
-    path = Path(val_bin_file)
-    if not path.is_file():
-        raise UserError(f"--val_bin_file {path} not found")
-    size = path.stat().st_size
-    if size % dtype.itemsize:
-        raise UserError(f"--val_bin_file {path} has {size} bytes, not a whole number of {dtype.name} tokens "
-                        f"(it must use the training file's dtype)")
-    meta_path, num_tokens = metadata_beside(path), size // dtype.itemsize
-    meta = read_json(meta_path, "validation metadata") if meta_path else {}
-    own = isinstance(meta, dict) and meta.get("num_tokens") == num_tokens  # bytes only from its own metadata
-    return TokenFile(path, dtype, num_tokens, meta.get("num_bytes") if own else None)
 
 
 @dataclass
@@ -118,23 +95,23 @@ class Split:
         return self.end - self.start
 
 
-def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, block_size: int,
-                batch_size: int) -> tuple[Split, Split | None]:
-    """The training split and the validation split: a separate file, or the held-out tail (at
-    least one window), or None. Refuses data too short to train."""
-    T, B = block_size, batch_size
+def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, T: int,
+                B: int) -> tuple[Split, Split | None]:
+    """Training split and validation split (a separate file, the held-out tail, or None); refuses too little data."""
+    train, val = Split(tf, 0, tf.num_tokens), None
     if val_bin_file:
-        vtf = check_val_file(val_bin_file, tf.dtype)
-        train, val = Split(tf, 0, tf.num_tokens), Split(vtf, 0, vtf.num_tokens)
-        if vtf.num_tokens < T + 1:
-            raise UserError(f"--val_bin_file {val_bin_file} has {vtf.num_tokens} tokens, fewer than block_size+1 = "
-                            f"{T + 1}")
+        path = Path(val_bin_file)
+        n = path.stat().st_size / tf.dtype.itemsize if path.is_file() else 0
+        if n != int(n) or n < T + 1:
+            found = f"holds {n:g} tokens" if path.is_file() else "not found"
+            raise UserError(f"--val_bin_file {path} {found}: it must hold a whole number, at least block_size+1 = "
+                            f"{T + 1}, of {tf.dtype.name} tokens (the training file's dtype)")
+        meta = read_json(metadata_beside(path), "validation metadata") if metadata_beside(path) else {}
+        own = isinstance(meta, dict) and meta.get("num_tokens") == n  # bytes only from its own metadata
+        val = Split(TokenFile(path, tf.dtype, int(n), meta.get("num_bytes") if own else None), 0, int(n))
     elif val_fraction > 0:
-        n_val = max(int(tf.num_tokens * val_fraction), T + 1)
-        n_train = max(0, tf.num_tokens - n_val)
+        n_train = max(0, tf.num_tokens - max(int(tf.num_tokens * val_fraction), T + 1))  # at least one window held out
         train, val = Split(tf, 0, n_train), Split(tf, n_train, tf.num_tokens)
-    else:
-        train, val = Split(tf, 0, tf.num_tokens), None
     held = f" after holding out {len(val):,} for validation" if val and val.file is tf else ""
     if len(train) < T + 1:
         raise UserError(f"--block_size {T} is longer than the training data ({len(train):,} tokens{held}): use "
@@ -147,14 +124,12 @@ def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, bl
 
 
 def split_bytes(split: Split, tokenizer: Any, chunk: int = 1 << 20) -> int:
-    """UTF-8 bytes of the text a split decodes to: the metadata's num_bytes for a whole file, else
-    counted once by decoding it in chunks cut after an <|endoftext|> (id 0), so that no character
-    is split between two chunks."""
+    """UTF-8 bytes of the text a split decodes to: the metadata's num_bytes for a whole file, else counted."""
     if split.start == 0 and split.end == split.file.num_tokens and isinstance(split.file.num_bytes, int):
         return split.file.num_bytes
     mm = np.memmap(split.file.path, dtype=split.file.dtype, mode="r")
     total, pos = 0, split.start
-    while pos < split.end:
+    while pos < split.end:  # decoded in chunks cut after an <|endoftext|> (id 0): no character is cut in two
         ids = np.asarray(mm[pos:min(pos + chunk, split.end)])
         if pos + len(ids) < split.end:
             eots = np.flatnonzero(ids == 0)
@@ -164,29 +139,18 @@ def split_bytes(split: Split, tokenizer: Any, chunk: int = 1 << 20) -> int:
     return total
 
 
-def available_ram_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def choose_data_mode(mode: str, nbytes: int, copies: int = 1) -> str:
-    """auto: preload when `copies` RAM copies (one per local rank) use under half the free RAM."""
+    """auto: preload when `copies` RAM copies (one per local rank) use under half the available RAM."""
     if mode != "auto":
         return mode
-    free = available_ram_bytes()
-    return "preload" if free is not None and nbytes * copies < free // 2 else "mmap"
+    free = 0  # unknown: mmap
+    with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux's MemAvailable counts reclaimable cache
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # elsewhere: the free pages
+        free = free or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return "preload" if nbytes * copies < free // 2 else "mmap"
 
-
-# ---------------------------------------------------------------------------- sources
 
 class TokenSource:
     """The tokens of a split. mmap: a fresh np.memmap per read, so pages of the mapping never pile
@@ -200,43 +164,32 @@ class TokenSource:
     def __len__(self) -> int:
         return self.end - self.start
 
-    def _view(self) -> np.ndarray:
-        if self.ram is not None:
-            return self.ram
-        return np.memmap(self.file.path, dtype=self.file.dtype, mode="r",
-                         offset=self.start * self.file.dtype.itemsize, shape=(len(self),))
-
     def rows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """(len(starts), length) int64 array of tokens at the given offsets."""
-        view = self._view()
+        """(len(starts), length) int64 tokens at the given offsets of the split."""
+        view = self.ram if self.ram is not None else self.read_file(self.start, self.end)
         return view[starts[:, None] + np.arange(length)].astype(np.int64)
 
     def read_file(self, begin: int, end: int) -> np.ndarray:
-        """Absolute positions of the whole file (assistant-mask lookback may cross the split)."""
-        mm = np.memmap(self.file.path, dtype=self.file.dtype, mode="r")
-        return np.asarray(mm[begin:end])
+        """Tokens at absolute positions of the whole file (the assistant mask looks back across the split)."""
+        return np.memmap(self.file.path, dtype=self.file.dtype, mode="r")[begin:end]
 
 
 # ---------------------------------------------------------------------------- assistant mask
 
 class AssistantMask:
-    """--loss_on assistant: a target is kept when the last special token before it is
-    <|assistant|>; that covers the reply and the special token that ends it, never the
-    <|assistant|> token itself, nor user/system turns or text outside any chat."""
+    """--loss_on assistant: a target is kept when the last special token before it is <|assistant|>:
+    the reply and the special token that ends it, never <|assistant|> itself, user/system turns or plain text."""
 
     def __init__(self, vocab_size: int, assistant_id: int, special_ids: list[int]) -> None:
         self.lut = np.zeros(vocab_size, dtype=np.uint8)
-        for i in special_ids:
-            if i is not None and 0 <= i < vocab_size:
-                self.lut[i] = OTHER_SPECIAL
+        self.lut[[i for i in special_ids if i is not None and 0 <= i < vocab_size]] = OTHER_SPECIAL
         self.lut[assistant_id] = ASSISTANT
 
     def kinds(self, tokens: np.ndarray) -> np.ndarray:
         return self.lut[np.clip(tokens, 0, len(self.lut) - 1)]
 
     def state_before(self, source: TokenSource, file_pos: int) -> int:
-        """Kind of the last special token at a file position < file_pos (NOT_SPECIAL if none).
-        Scans backwards in doubling chunks: a chat turn is short, so this reads little."""
+        """Kind of the last special token before file_pos, read backwards in doubling chunks (turns are short)."""
         end, chunk = file_pos, 256
         while end > 0:
             begin = max(0, end - chunk)
@@ -248,17 +201,14 @@ class AssistantMask:
         return NOT_SPECIAL
 
     def targets(self, rows: np.ndarray, prev: np.ndarray) -> np.ndarray:
-        """rows: (B, T+1) windows; prev: (B,) state before each window's first token.
-        Returns (B, T) bool: target rows[:, j+1] is an assistant token."""
-        k = self.kinds(rows[:, :-1])
-        T = k.shape[1]
-        idx = np.where(k > 0, np.arange(T), -1)
-        last = np.maximum.accumulate(idx, axis=1)  # last special position <= j, or -1
+        """(B, T) bool, True where target rows[:, j+1] is an assistant token; prev: (B,) state before each row."""
+        k = self.kinds(rows[:, :-1])  # (B, T)
+        last = np.maximum.accumulate(np.where(k > 0, np.arange(k.shape[1]), -1), axis=1)  # last special <= j, or -1
         state = np.where(last >= 0, np.take_along_axis(k, np.maximum(last, 0), axis=1), prev[:, None])
         return state == ASSISTANT
 
 
-def assistant_mask_for(tok: Any, tokenizer_file: str) -> "AssistantMask":
+def assistant_mask_for(tok: Any, tokenizer_file: str) -> AssistantMask:
     aid = tok.token_to_id("<|assistant|>")
     if aid is None:
         raise UserError(f"--loss_on assistant: {tokenizer_file} has no <|assistant|> token (train the "
@@ -272,14 +222,13 @@ def assistant_mask_for(tok: Any, tokenizer_file: str) -> "AssistantMask":
 class Batch:
     x: torch.Tensor             # (rows, T) int64, pinned when feeding a GPU
     y: torch.Tensor             # (rows, T) int64, IGNORE_INDEX where masked
-    valid: np.ndarray           # (rows,) targets kept per row
     epoch: int
     offset: int                 # windows of the epoch consumed after this step
 
 
 def make_batch(source: TokenSource, starts: np.ndarray, block_size: int, vocab_size: int,
                mask: AssistantMask | None) -> tuple[np.ndarray, np.ndarray]:
-    rows = source.rows(starts, block_size + 1)
+    rows = source.rows(starts, block_size + 1)  # (B, T+1)
     if rows.size and int(rows.max()) >= vocab_size:
         r, c = np.unravel_index(int(rows.argmax()), rows.shape)
         raise UserError(f"{source.file.path} holds token id {int(rows.max())} at position "
@@ -296,61 +245,48 @@ def num_windows(num_tokens: int, block_size: int) -> int:
     return max(0, (num_tokens - 1) // block_size)
 
 
+@functools.lru_cache(maxsize=2)  # computed once per epoch, not per batch (read-only: shared by its callers)
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 class BatchStream:
-    """This rank's rows of successive optimizer steps from (epoch, offset), prepared by a
-    background thread one or two steps ahead (numpy slicing releases the GIL)."""
+    """This rank's rows of successive optimizer steps from (epoch, offset), prepared `depth` steps
+    ahead on a background thread (numpy slicing releases the GIL)."""
 
-    def __init__(self, source: TokenSource, block_size: int, vocab_size: int, global_batch: int,
-                 rank: int, world: int, seed: int, epoch: int, offset: int,
-                 mask: AssistantMask | None, pin: bool, depth: int = 2) -> None:
-        self.args = (source, block_size, vocab_size, global_batch, rank, world, seed, mask, pin)
-        self.n = num_windows(len(source), block_size)
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(epoch, offset), daemon=True)
-        self.thread.start()
+    def __init__(self, source: TokenSource, block_size: int, vocab_size: int, global_batch: int, rank: int,
+                 world: int, seed: int, epoch: int, offset: int, mask: AssistantMask | None, pin: bool,
+                 depth: int = 2) -> None:
+        self.source, self.T, self.V, self.B, self.seed, self.mask, self.pin = (
+            source, block_size, vocab_size, global_batch, seed, mask, pin)
+        per_rank = global_batch // world
+        self.rows = slice(rank * per_rank, (rank + 1) * per_rank)  # ranks take turns within each step's windows
+        self.n, self.epoch, self.offset = num_windows(len(source), block_size), epoch, offset
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.ahead = deque(self.pool.submit(self.load, *self.advance()) for _ in range(depth))
 
-    def _run(self, epoch: int, offset: int) -> None:
-        source, T, V, B, rank, world, seed, mask, pin = self.args
-        per_rank = B // world
-        perm = epoch_permutation(self.n, seed, epoch)
-        try:
-            while not self.stop.is_set():
-                if offset + B > self.n:
-                    epoch, offset = epoch + 1, 0
-                    perm = epoch_permutation(self.n, seed, epoch)
-                ids = perm[offset + rank * per_rank: offset + (rank + 1) * per_rank]
-                x, y = make_batch(source, ids * T, T, V, mask)
-                xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-                if pin:
-                    xt, yt = xt.pin_memory(), yt.pin_memory()
-                item: Any = Batch(xt, yt, (y != IGNORE_INDEX).sum(axis=1), epoch, offset + B)
-                offset += B
-                self._put(item)
-        except BaseException as e:  # handed to the main thread, which re-raises it
-            self._put(e)
+    def advance(self) -> tuple[int, int]:
+        """The (epoch, offset) of the next step, moving on to a new epoch when too few windows are left."""
+        if self.offset + self.B > self.n:
+            self.epoch, self.offset = self.epoch + 1, 0
+        self.offset += self.B
+        return self.epoch, self.offset - self.B
 
-    def _put(self, item: Any) -> None:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+    def load(self, epoch: int, offset: int) -> Batch:
+        ids = epoch_permutation(self.n, self.seed, epoch)[offset:offset + self.B][self.rows]
+        x, y = make_batch(self.source, ids * self.T, self.T, self.V, self.mask)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        if self.pin:
+            xt, yt = xt.pin_memory(), yt.pin_memory()
+        return Batch(xt, yt, epoch, offset + self.B)
 
     def next(self) -> Batch:
-        item = self.q.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        batch = self.ahead.popleft().result()  # raises here what the thread raised
+        self.ahead.append(self.pool.submit(self.load, *self.advance()))
+        return batch
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def eval_windows(n_windows: int, count: int) -> np.ndarray:

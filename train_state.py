@@ -1,28 +1,25 @@
-"""What train_colab_mmap.py keeps on disk: checkpoints (atomic step folders, verified by size and
-sha256 on load, with fallback to an older one, pruning, and recovery from a save cut off midway)
-and metrics (metrics.jsonl and the loss-curve PNG).
+"""What the trainer keeps on disk: checkpoints (atomic step folders, verified by size and sha256 on
+load, with fallback to an older one, pruning, and recovery from a save cut off midway) and metrics
+(metrics.jsonl, optional wandb/tensorboard, and the loss-curve PNG).
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from common import UserError, atomic_dir, atomic_path, atomic_write_json, atomic_write_text, first_line, sha256_file
 from model import load_weights_file, unwrap_model
 
 CKPT_FILES = ("pytorch_model.bin", "training_state.pt", "config.json", "tokenizer.json")
+POINTERS = ("latest", "best", "decay_start")  # files naming a step folder; pruning never removes those
 
-
-# ---------------------------------------------------------------------------- training state
 
 @dataclass
 class Ranks:
@@ -38,7 +35,7 @@ class Ranks:
 
 @dataclass
 class Progress:
-    """Where training stands; saved in every checkpoint."""
+    """Where training stands: saved in every checkpoint, and shown in its trainer_state.json."""
     step: int = 0
     epoch: int = 0
     offset: int = 0               # windows of `epoch` already consumed
@@ -57,41 +54,28 @@ class Progress:
     decay_start: int = 0          # WSD: the step its final decay began (0: not yet) and its length
     decay_steps: int = 0
 
-    def summary(self) -> dict:
-        """trainer_state.json's view of the progress (the full state is in training_state.pt)."""
-        return {"step": self.step, "epoch": self.epoch, "tokens_seen": self.tokens_seen, "train_loss": self.train_loss,
-                "val_loss": self.val_loss, "val_bpb": self.val_bpb, "best_val_loss": self.best_val_loss,
-                "wall_time_s": round(self.wall_time_s, 1), "micro_batch_size": self.micro_batch_size}
 
-
+# Only torch draws random numbers in training (dropout); the data order has its own seeded generator.
 def capture_rng(device: torch.device) -> dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8),
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def restore_rng(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"].numel():
         torch.cuda.set_rng_state(state["cuda"], device)
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
 
+
+# ---------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(ckdir: Path, model: torch.nn.Module, optimizers: list, scaler: Any, progress: Progress,
                     ranks: Ranks, device: torch.device, summary: dict, tokenizer_file: str, keep_last: int,
                     pointers: tuple[str, ...] = ("latest",)) -> None:
-    """Every rank calls this (their RNG states are gathered); rank 0 writes step_N and points each
-    of `pointers` (latest, best, decay_start) at it. `summary` goes into trainer_state.json."""
-    rngs = [None] * ranks.world_size
+    """Every rank calls this (their RNG states are gathered); rank 0 writes step_N and points `pointers` at it."""
+    rngs = [capture_rng(device)] * ranks.world_size
     if ranks.world_size > 1:
         torch.distributed.all_gather_object(rngs, capture_rng(device))
-    else:
-        rngs = [capture_rng(device)]
     if ranks.is_main:
         state = {"format_version": 1, "progress": asdict(progress), "optimizer": optimizers[0].state_dict(),
                  "muon": optimizers[1].state_dict() if len(optimizers) > 1 else {},
@@ -99,7 +83,7 @@ def save_checkpoint(ckdir: Path, model: torch.nn.Module, optimizers: list, scale
                  "world_size": ranks.world_size}
         name = f"step_{progress.step:08d}"
         try:
-            write_checkpoint(ckdir, name, model, tokenizer_file, state, summary)
+            write_checkpoint(ckdir, name, model, tokenizer_file, state, {**summary, **asdict(progress)})
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
             raise UserError(f"cannot write checkpoint {name} to --checkpoint_dir {ckdir}: {first_line(e, 160)}; "
                             f"free disk space or pass another --checkpoint_dir (the earlier checkpoints there are "
@@ -111,10 +95,9 @@ def save_checkpoint(ckdir: Path, model: torch.nn.Module, optimizers: list, scale
         torch.distributed.barrier()
 
 
-def restore_checkpoint(checkpoint: "Checkpoint", model: torch.nn.Module, optimizers: list, scaler: Any,
+def restore_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module, optimizers: list, scaler: Any,
                        progress: Progress, ranks: Ranks, device: torch.device, seed: int) -> None:
-    """Weights, optimizer states (the learning rates of this run kept), scaler, progress (in place)
-    and this rank's RNG states."""
+    """Weights, optimizer states (this run's learning rates kept), scaler, progress (in place), this rank's RNG."""
     state = checkpoint.training_state
     model.load_state_dict(checkpoint.weights)
     for opt, saved in zip(optimizers, (state["optimizer"], state.get("muon"))):
@@ -133,13 +116,10 @@ def restore_checkpoint(checkpoint: "Checkpoint", model: torch.nn.Module, optimiz
         torch.manual_seed(seed + 7919 * progress.step + ranks.rank)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
 def list_checkpoints(ckdir: Path) -> list[Path]:
     """step_* folders, most recently written first (trainer_state.json is written last)."""
     def written(p: Path) -> float:
-        f = p / "trainer_state.json"
-        return f.stat().st_mtime if f.exists() else p.stat().st_mtime
+        return (p / "trainer_state.json" if (p / "trainer_state.json").exists() else p).stat().st_mtime
     dirs = [p for p in ckdir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
     return sorted(dirs, key=lambda p: (written(p), int(p.name[5:])), reverse=True)
 
@@ -154,8 +134,7 @@ class Checkpoint:
 
 
 def read_checkpoint(folder: Path) -> Checkpoint:
-    """Load a step folder after checking every file's size and sha256. Raises ValueError naming
-    what is wrong."""
+    """Load a step folder after checking every file's size and sha256; ValueError naming what is wrong."""
     try:
         meta = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -173,14 +152,14 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         state = torch.load(folder / current, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable state, a code-carrying pickle included
         reason = first_line(e, 160)
-        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
             reason = "it holds objects other than tensors (refused: loading it could run code)"
         raise ValueError(f"cannot load {current}: {reason}") from None
     return Checkpoint(folder, weights, state, meta)
 
 
 def find_checkpoint(ckdir: Path, say: Callable[[str], None]) -> Checkpoint | None:
-    """The newest usable checkpoint in ckdir; unusable newer ones are skipped with a warning."""
+    """The newest usable checkpoint in ckdir (`latest` first); unusable ones are skipped with a warning."""
     found = list_checkpoints(ckdir) if ckdir.is_dir() else []
     pointer = ckdir / "latest"
     if pointer.is_file():
@@ -217,14 +196,9 @@ def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_f
     return final
 
 
-POINTERS = ("latest", "best", "decay_start")  # files naming a step folder; pruning never removes those
-
-
 def prune_checkpoints(ckdir: Path, keep_last: int) -> None:
-    if keep_last <= 0:
-        return
     protected = {(ckdir / p).read_text().strip() for p in POINTERS if (ckdir / p).is_file()}
-    for folder in list_checkpoints(ckdir)[keep_last:]:
+    for folder in list_checkpoints(ckdir)[keep_last:] if keep_last > 0 else []:
         if folder.name not in protected:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -245,19 +219,35 @@ def recover_interrupted_saves(ckdir: Path) -> None:
 # ---------------------------------------------------------------------------- metrics
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per log, evaluation or event), extra sinks (wandb,
-    tensorboard) and loss_curve.png. Only rank 0 makes one."""
+    """metrics.jsonl (one JSON object per log, evaluation or event), wandb and tensorboard when asked
+    for, and loss_curve.png. Only rank 0 makes one."""
 
-    def __init__(self, ckdir: Path, say: Callable[[str], None]) -> None:
-        self.path, self.png, self.say = ckdir / "metrics.jsonl", ckdir / "loss_curve.png", say
-        self.history: list[dict] = []
-        self.sinks: list[Callable[[dict], Any]] = []
-        self.warned_no_matplotlib = False
-
-    def start_fresh(self) -> None:
-        """A fresh run keeps an older run's metrics under another name."""
-        if self.path.exists():
+    def __init__(self, ckdir: Path, say: Callable[[str], None], resume_step: int | None, config: dict,
+                 wandb: bool = False, tensorboard: bool = False) -> None:
+        self.path, self.png, self.history, self.sinks = ckdir / "metrics.jsonl", ckdir / "loss_curve.png", [], []
+        if resume_step is not None:
+            self.truncate_after(resume_step)
+        elif self.path.exists():  # a fresh run keeps an older run's metrics under another name
             os.replace(self.path, self.path.with_name(f"metrics-{int(time.time())}.jsonl"))
+        try:
+            import matplotlib
+            matplotlib.use("Agg")  # files only, no window
+            import matplotlib.pyplot as plt
+            self.plt = plt
+        except ImportError:
+            self.plt = None
+            say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
+
+        def numbers(record: dict) -> dict:
+            return {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if wandb:
+            import wandb as wb
+            wb.init(project="gpt2-from-scratch", config=config, dir=str(ckdir))
+            self.sinks.append(lambda r: wb.log(numbers(r), step=r["step"]))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(ckdir / "tensorboard"))
+            self.sinks.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in numbers(r).items()])
 
     def truncate_after(self, step: int) -> None:
         """On resume or rollback: forget records logged after `step` (events stay)."""
@@ -275,32 +265,19 @@ class MetricsLog:
 
     def plot(self) -> None:
         """Train and validation loss against tokens seen; validation bits per byte on a second axis."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            if not self.warned_no_matplotlib:
-                self.say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
-                self.warned_no_matplotlib = True
+        if self.plt is None:
             return
-        def points(key: str) -> list[tuple[int, float]]:
-            return [(r["tokens"], r[key]) for r in self.history if r.get(key) is not None and "tokens" in r]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key, label in (("loss", "train"), ("val_loss", "validation")):
-            if points(key):
-                ax.plot(*zip(*points(key)), label=label, marker="o" if key == "val_loss" else None)
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("loss (nats/token)")
+        fig, ax = self.plt.subplots(figsize=(7, 4))
+        bpb_ax = ax.twinx()
+        for axis, key, label, style in ((ax, "loss", "train", {}), (ax, "val_loss", "validation", {"marker": "o"}),
+                                        (bpb_ax, "val_bpb", "validation bits/byte", {"marker": "s", "color": "g"})):
+            points = [(r["tokens"], r[key]) for r in self.history if r.get(key) is not None and "tokens" in r]
+            if points:
+                axis.plot(*zip(*points), label=label, **style)
+        ax.set(xlabel="tokens seen", ylabel="loss (nats/token)")
+        bpb_ax.set(ylabel="bits per byte")
         ax.grid(alpha=0.3)
-        handles = ax.get_legend_handles_labels()
-        if points("val_bpb"):
-            bpb_ax = ax.twinx()
-            bpb_ax.plot(*zip(*points("val_bpb")), color="tab:green", marker="s", label="validation bits/byte")
-            bpb_ax.set_ylabel("bits per byte")
-            extra = bpb_ax.get_legend_handles_labels()
-            handles = (handles[0] + extra[0], handles[1] + extra[1])
-        ax.legend(*handles)
+        ax.legend(*[a + b for a, b in zip(ax.get_legend_handles_labels(), bpb_ax.get_legend_handles_labels())])
         with atomic_path(self.png) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
+        self.plt.close(fig)

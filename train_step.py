@@ -1,6 +1,6 @@
-"""The pieces train_colab_mmap.py's training loop calls: the optimizers (AdamW, or Muon for the
-matrices inside the blocks), the learning-rate schedules, forward and backward over micro-batches,
-evaluation, the dtype probe, and the failure handling (out-of-memory halving, NaN rollback, signals).
+"""What the training loop calls: the optimizers (AdamW, or Muon for the matrices inside the blocks),
+the learning-rate schedules, forward and backward over micro-batches, evaluation, the bf16 probe, and
+the failure handling (out-of-memory halving, NaN rollback, signals).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -27,47 +28,35 @@ PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), 
 
 
 def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key in name), None)
 
 
-# ---------------------------------------------------------------------------- optimizers
+# ---------------------------------------------------------------------------- optimizers and schedules
 
 def build_optimizers(model: TransformerLanguageModel, optimizer: str, lr: float, min_lr: float, muon_lr: float,
                      weight_decay: float, device_type: str) -> list[torch.optim.Optimizer]:
-    """adamw: AdamW for everything, weight decay only on >= 2-D tensors (never biases, LayerNorms).
-    muon: torch.optim.Muon for the 2-D matrices inside the blocks (qkv, attention projection, MLP in
-    and out, each whole) and AdamW, as above, for the rest (embeddings, head, biases, LayerNorms).
-    Each param group keeps its schedule's ends in "peak_lr" and "min_lr" (Muon's min_lr is the same
-    fraction of its peak as AdamW's)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    block_matrices = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
-    if optimizer == "muon":
-        in_muon = {id(p) for p in block_matrices}
-        params = [p for p in params if id(p) not in in_muon]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    fused = {"fused": True} if device_type == "cuda" else {}
-    adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay, "peak_lr": lr, "min_lr": min_lr},
-                               {"params": no_decay, "weight_decay": 0.0, "peak_lr": lr, "min_lr": min_lr}],
-                              lr=lr, betas=(0.9, 0.95), **fused)
+    """[AdamW] for all, or [AdamW, Muon] with Muon for the 2-D matrices inside the blocks (qkv, projections, MLP)."""
+    muon_params = [p for p in model.transformer.h.parameters() if p.dim() == 2] if optimizer == "muon" else []
+    in_muon = {id(p) for p in muon_params}
+    rest = [p for p in model.parameters() if id(p) not in in_muon]
+    # weight decay on matrices only, never on biases or LayerNorms; each group keeps its schedule's ends
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW([{**g, "peak_lr": lr, "min_lr": min_lr} for g in groups], lr=lr, betas=(0.9, 0.95),
+                              **({"fused": True} if device_type == "cuda" else {}))
     if optimizer != "muon":
         return [adamw]
     # "match_rms_adamw" scales each matrix's update to AdamW's typical size (0.2 * sqrt(max(fan_in, fan_out))),
-    # so one Muon rate works across widths
-    muon = torch.optim.Muon([{"params": block_matrices, "peak_lr": muon_lr, "min_lr": muon_lr * min_lr / lr}], lr=muon_lr,
-                            weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
-    return [adamw, muon]
+    # so one Muon rate works across widths; its min_lr is the same fraction of its peak as AdamW's
+    return [adamw, torch.optim.Muon([{"params": muon_params, "peak_lr": muon_lr, "min_lr": muon_lr * min_lr / lr}],
+                                    lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")]
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float, schedule: str = "cosine",
           decay_start: int = 0, decay_steps: int = 0) -> float:
-    """The learning rate at 0-based `step`. Both schedules warm up linearly over `warmup` steps.
-    cosine: then decays to min_lr at `total`. wsd (warmup-stable-decay): then holds lr until
-    `decay_start`, and over the `decay_steps` after it falls linearly towards min_lr (decay_steps 0:
-    the decay has not begun)."""
+    """The learning rate at 0-based `step`: linear warmup, then cosine to min_lr at `total`, or for wsd
+    (warmup-stable-decay) lr until `decay_start`, then linear to min_lr over `decay_steps` (0: not begun)."""
     if step < warmup:
         return lr * (step + 1) / warmup
     if schedule == "cosine":
@@ -80,9 +69,12 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float, schedule
 
 # ---------------------------------------------------------------------------- forward and backward
 
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+
 def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_valid: int, loss_chunk: int) -> torch.Tensor:
-    """Sum (not mean) of the token losses of one micro-batch, so micro-batches of any size add up
-    to exactly the loss of the whole batch."""
+    """Sum (not mean) of a micro-batch's token losses: micro-batches of any size add up to the batch's loss."""
     if loss_chunk > 0:
         _, mean = model(x, y, loss_chunk_size=loss_chunk)
         return mean * n_valid
@@ -94,38 +86,33 @@ def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_valid: int, l
 def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss_chunk: int,
                      amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, ranks: Ranks,
                      masked: bool) -> tuple[torch.Tensor, int]:
-    """Gradients of the batch's mean token loss, summed over micro-batches of this rank's rows (and
-    over ranks by DDP). Returns this rank's loss sum and the global count of targets."""
+    """Gradients of the batch's mean token loss over micro-batches; returns this rank's loss sum, all ranks' targets."""
     device = next(model.parameters()).device
     x = batch.x.to(device, non_blocking=True)  # (rows, T)
     y = batch.y.to(device, non_blocking=True)  # (rows, T)
-    n_total = int(batch.valid.sum())
-    if ranks.world_size > 1:  # masked rows differ per rank: count them all; else every rank has the same count
-        n_total = all_reduce_sum(float(n_total), device) if masked else n_total * ranks.world_size
+    n_total = int((batch.y != IGNORE_INDEX).sum())
+    if ranks.world_size > 1 and masked:  # masked rows differ per rank: count them all
+        n_total = int(all_reduce(torch.tensor(n_total, dtype=torch.float64, device=device)).item())
+    else:  # every rank has the same count
+        n_total *= ranks.world_size
     scale = ranks.world_size / max(n_total, 1)  # DDP averages over ranks: this turns it into sum / n_total
     loss = torch.zeros((), device=device)
-    starts = range(0, x.size(0), micro_batch_size)
-    for s in starts:
-        e = min(x.size(0), s + micro_batch_size)
-        last = s == starts[-1]
+    for s in range(0, x.size(0), micro_batch_size):
+        last = s + micro_batch_size >= x.size(0)
         # DDP all-reduces gradients at every backward; only the last micro-batch needs it
         with model.no_sync() if ranks.world_size > 1 and not last else contextlib.nullcontext():
             with autocast(device, amp_dtype):
-                micro_loss = loss_sum(model, x[s:e], y[s:e], int(batch.valid[s:e].sum()), loss_chunk)
+                rows = slice(s, s + micro_batch_size)
+                micro_loss = loss_sum(model, x[rows], y[rows], int((batch.y[rows] != IGNORE_INDEX).sum()), loss_chunk)
             scaled = micro_loss * scale
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss += micro_loss.detach().float()
     return loss, n_total
 
 
-def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-
-def all_reduce_sum(value: float, device: torch.device) -> int:
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return int(t.item())
+def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+    dist.all_reduce(t, op=op)
+    return t
 
 
 @torch.no_grad()
@@ -144,28 +131,23 @@ def evaluate(model: nn.Module, source: TokenSource, window_ids: np.ndarray, micr
             ls = loss_sum(model, torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), n, loss_chunk)
         total += torch.stack([ls.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
     if ranks.world_size > 1:
-        dist.all_reduce(total)
+        all_reduce(total)
     model.train()
     loss_total, count = total.tolist()
     return loss_total / count if count else None
 
 
-# ---------------------------------------------------------------------------- precision
-
 def probe_bf16_speedup(config: GPTConfig, rows: int) -> float:
-    """How much faster bf16 autocast runs this model's matrix multiplies than fp32 on this CPU,
-    forward and backward, at its own shapes (the four block matrices, and the head up to 2,048 of its
-    columns): fp32 time / bf16 time. CPU flags do not predict it (bf16 is 2x faster with AMX and on
-    some AMD EPYCs, 1.5x slower on Xeons without AMX), so it is measured: ~0.1-0.3 s alone."""
+    """fp32 time / bf16 autocast time of this model's matrix multiplies (forward and backward) on this CPU."""
+    # CPU flags do not predict it (bf16 is 2x faster with AMX and on some AMD EPYCs, 1.5x slower on Xeons
+    # without AMX), so it is measured at the model's shapes: the block matrices, the head up to 2,048 columns
     C, V = config.n_embd, min(config.padded_vocab_size, 2048)
     shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C), (C, V)]
     # about 2 GFLOP per pass whatever the width, but at least 64 rows so that it is a real GEMM
     rows = max(64, min(rows, int(2e9 / (6 * sum(i * o for i, o in shapes)))))
     gen = torch.Generator().manual_seed(0)
-    tensors = [(torch.randn(rows, i, generator=gen, requires_grad=True), torch.randn(o, i, generator=gen) * 0.02)
-               for i, o in shapes]
-    for w in (w for _, w in tensors):
-        w.requires_grad_(True)
+    tensors = [(torch.randn(rows, i, generator=gen, requires_grad=True),
+                (torch.randn(o, i, generator=gen) * 0.02).requires_grad_()) for i, o in shapes]
 
     def seconds(dtype: torch.dtype | None) -> float:
         t0 = time.perf_counter()
@@ -196,21 +178,22 @@ def free_memory(optimizers: list[torch.optim.Optimizer], device: torch.device) -
         torch.cuda.empty_cache()
 
 
-def halved_micro_batch(micro: int, block_size: int, dtype: str, ranks: Ranks) -> int:
-    """The micro-batch to retry with after an out-of-memory error, or a UserError with the fix."""
+def halved_micro_batch(micro: int, per_rank: int, block_size: int, dtype: str, ranks: Ranks, say) -> int:
+    """The micro-batch to retry a step with after an out-of-memory error, or a UserError with the fix."""
     if ranks.world_size > 1 or micro == 1:
-        fix = f"pass --micro_batch_size {max(1, micro // 2)}" if micro > 1 else "use a smaller --model_size or --block_size"
+        fix = f"pass --micro_batch_size {micro // 2}" if micro > 1 else "use a smaller --model_size or --block_size"
         world = f", world size {ranks.world_size}" if ranks.world_size > 1 else ""
         raise UserError(f"out of memory at micro-batch {micro} x block_size {block_size} ({dtype}{world}): "
                         f"{fix}{', or --dtype bf16/fp16' if dtype == 'fp32' else ''}")
-    return max(1, micro // 2)
+    say(f"out of memory at micro-batch {micro}: retrying the step with micro-batch {micro // 2} "
+        f"(accumulating {math.ceil(per_rank / (micro // 2))} per step)")
+    return micro // 2
 
 
 def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: list[torch.optim.Optimizer],
-                      loss_chunk: int, amp_dtype: torch.dtype | None, ranks: Ranks, say) -> int:
-    """DDP only: the largest micro-batch (halving from `micro`) whose forward/backward fits on every
-    rank, found before step 1: an out-of-memory inside a synchronised backward would hang the
-    other ranks, so it is not retried mid-run."""
+                      loss_chunk: int, amp_dtype: torch.dtype | None, say) -> int:
+    """DDP only: the largest micro-batch (halving from `micro`) whose forward/backward fits on every rank,
+    found before step 1: an out-of-memory inside a synchronised backward would hang the other ranks."""
     device = next(model.parameters()).device
     # AdamW allocates its two moments at the first step, after this probe: on a fresh start, hold that
     # much memory while probing so that the step that follows fits too
@@ -221,28 +204,25 @@ def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: li
         try:
             with model.no_sync(), autocast(device, amp_dtype):
                 x, y = batch.x[:micro].to(device), batch.y[:micro].to(device)
-                loss_sum(model, x, y, int(batch.valid[:micro].sum()), loss_chunk).backward()
+                loss_sum(model, x, y, int((batch.y[:micro] != IGNORE_INDEX).sum()), loss_chunk).backward()
         except Exception as e:  # noqa: BLE001 - only an out-of-memory is an answer here
             if not is_oom(e):
                 raise
             fits = 0.0
         free_memory(optimizers, device)
         torch.set_rng_state(rng)
-        agreed = torch.tensor([fits], device=device)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-        if agreed.item() == 1.0:
+        if all_reduce(torch.tensor([fits], device=device), dist.ReduceOp.MIN).item() == 1.0:
             moments.clear()  # freed for the real ones (the CUDA allocator keeps the blocks)
             return micro
         if micro == 1:
             raise UserError(f"out of memory at micro-batch 1 x block_size {batch.x.size(1)} on some rank: "
                             f"use a smaller --model_size or --block_size")
-        micro = max(1, micro // 2)
+        micro //= 2
         say(f"out of memory at micro-batch {micro * 2} on some rank: using micro-batch {micro}")
 
 
 class StopSignals:
-    """SIGINT/SIGTERM set `signum`: the loop finishes its step, saves and exits. A second signal
-    stops at once, without saving."""
+    """SIGINT/SIGTERM set `signum`: the loop finishes its step, saves and exits. A second one stops at once."""
 
     def __init__(self, say) -> None:
         self.signum, self.say, self.previous = 0, say, {}
@@ -254,7 +234,7 @@ class StopSignals:
         self.say(f"{signal.Signals(signum).name}: finishing this step, saving, then exiting "
                  f"(send it again to stop without saving)")
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         with contextlib.suppress(ValueError):  # signals can only be caught on the main thread
             self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -262,26 +242,6 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-
-
-# ---------------------------------------------------------------------------- the loop's bookkeeping
-
-def planned_end(total_steps: int, step: int, session_steps: int, session_start: float,
-                max_minutes: float | None) -> int:
-    """The step the run will end at: total_steps, or earlier when --max_minutes will stop it first
-    (from this session's measured seconds per step, once a few steps have run)."""
-    if max_minutes is None or session_steps < 3:
-        return total_steps
-    elapsed = time.time() - session_start
-    steps_left = (0.97 * 60 * max_minutes - elapsed) / (elapsed / session_steps)  # 3% kept for the last save
-    return max(step + 1, min(total_steps, step + int(steps_left)))
-
-
-def agree_on(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag true on any rank becomes true on all (so all ranks save and stop together)."""
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t)
-    return [v > 0 for v in t.tolist()]
 
 
 def roll_back(ckdir: Path, model, optimizers, scaler, progress: Progress, ranks: Ranks, device: torch.device,
@@ -303,17 +263,28 @@ def roll_back(ckdir: Path, model, optimizers, scaler, progress: Progress, ranks:
     say(f"rolled back to {found.folder.name} with the learning rate scaled by {progress.lr_scale:g}")
 
 
+# ---------------------------------------------------------------------------- the loop's bookkeeping
+
+def planned_end(total_steps: int, step: int, session_steps: int, session_start: float,
+                max_minutes: float | None) -> int:
+    """The step the run will end at: total_steps, or earlier when --max_minutes will stop it first
+    (from this session's measured seconds per step, once a few steps have run)."""
+    if max_minutes is None or session_steps < 3:
+        return total_steps
+    elapsed = time.time() - session_start
+    steps_left = (0.97 * 60 * max_minutes - elapsed) / (elapsed / session_steps)  # 3% kept for the last save
+    return max(step + 1, min(total_steps, step + int(steps_left)))
+
+
 def step_record(progress: Progress, n_windows: int, loss: float, grad_norm: float, tokens_per_sec: float,
                 mfu: float | None, lr: float, elapsed: float, device: torch.device) -> dict:
-    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device)
+    else:  # peak resident memory: ru_maxrss counts bytes on macOS, KiB elsewhere
+        import resource  # not on Windows
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {"step": progress.step, "epoch": round(progress.epoch + progress.offset / n_windows, 4),
             "tokens": progress.tokens_seen, "loss": loss, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_sec": round(tokens_per_sec, 1), "mfu": None if mfu is None else round(mfu, 4),
             "memory_gb": round(memory / 1e9, 3), "micro_batch_size": progress.micro_batch_size,
             "elapsed_s": round(elapsed, 2)}
-
-
-def peak_rss_bytes() -> int:
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
