@@ -36,7 +36,6 @@ from train_step import (StopSignals, all_reduce, build_optimizers, evaluate, for
                         halved_micro_batch, is_oom, lr_at, peak_flops, planned_end, probe_bf16_speedup,
                         probe_micro_batch, roll_back, step_record)
 
-DEFAULT_MUON_LR = 0.006  # with match_rms_adamw, near AdamW-sized updates: bench/results/learning.md
 
 
 def number(kind: type, rule: str, ok) -> object:
@@ -81,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: the checkpoint's, else muon)")
     a("--schedule", choices=["wsd", "cosine"], help="after warmup, wsd: constant then a linear decay; cosine: "
                                                     "to --min_lr (default: the checkpoint's, else wsd)")
-    a("--lr", type=POSITIVE, help="peak AdamW learning rate (default: 1e-3 up to n_embd 256, else 6e-4)")
-    a("--muon_lr", type=POSITIVE, default=DEFAULT_MUON_LR, help="peak Muon learning rate (holds across widths)")
+    a("--lr", type=POSITIVE, help="peak AdamW learning rate (default: 1e-3 up to n_embd 256, else 6e-4; "
+                                   "4x that for the AdamW groups of a Muon run)")
+    a("--muon_lr", type=POSITIVE, help="peak Muon learning rate (default 0.006 up to n_embd 256, measured best at "
+                                       "128 and 256; scaled by sqrt(256/n_embd) above: 0.0035 at 768)")
     a("--min_lr", type=NON_NEGATIVE, help="where the decay ends (default: lr/10; Muon's at the same fraction)")
-    a("--decay_fraction", type=number(float, "in (0, 1]", lambda v: 0 < v <= 1), default=0.3,
+    a("--decay_fraction", type=number(float, "in (0, 1]", lambda v: 0 < v <= 1), default=0.2,
       help="wsd: the share of the run spent decaying")
     a("--warmup_steps", type=COUNT_OR_0, help="default: 5%% of planned steps, at most 2000")
     a("--weight_decay", type=float, default=0.1)
@@ -209,6 +210,15 @@ def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None
     return dataclasses.replace(c, block_size=T, dropout=args.dropout), weights
 
 
+def learning_rates(n_embd: int, optimizer: str, lr: float | None, muon_lr: float | None) -> tuple[float, float]:
+    """(peak lr of the AdamW groups, Muon's): the flags, else defaults measured by bench/bench_learning.py."""
+    adamw_only = 1e-3 if n_embd <= 256 else 6e-4  # nanoGPT's char model / GPT-2 small
+    # beside Muon, the embeddings, head and biases learned best at 4x that (better than 2x and 1x at 4L/128);
+    # Muon's own best rate held from width 128 to 256, and wider models get it scaled down as 1/sqrt(width)
+    lr = lr or (4 * adamw_only if optimizer == "muon" else adamw_only)
+    return lr, muon_lr or 0.006 * min(1.0, math.sqrt(256 / n_embd))
+
+
 def choose_optimizer(requested: str | None, resume: Checkpoint | None, say) -> str:
     """The checkpoint's optimizer on a resume (asking for another is an error); else muon, if torch has it."""
     saved = resume and ("muon" if resume.training_state.get("muon") else "adamw")  # older checkpoints: adamw
@@ -271,14 +281,14 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     n_windows = num_windows(len(train_split), T)
     total_steps = min(args.epochs * (n_windows // B), args.max_steps or math.inf,
                       -(-args.max_tokens // (B * T)) if args.max_tokens else math.inf)
-    lr = args.lr or (1e-3 if config.n_embd <= 256 else 6e-4)  # nanoGPT's char model / GPT-2 small
+    optimizer_name = choose_optimizer(args.optimizer, resume, say)
+    lr, muon_lr = learning_rates(config.n_embd, optimizer_name, args.lr, args.muon_lr)
     if args.min_lr is not None and args.min_lr > lr:
-        raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} (the default for n_embd "
-                        f"{config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or "
+        raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} (the {optimizer_name} default for "
+                        f"n_embd {config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or "
                         f"--lr {args.min_lr:g}")
     min_lr = lr / 10 if args.min_lr is None else args.min_lr
     warmup = min(2000, total_steps // 20) if args.warmup_steps is None else args.warmup_steps
-    optimizer_name = choose_optimizer(args.optimizer, resume, say)
     schedule = args.schedule or (resume.trainer_state.get("schedule", "cosine") if resume else "wsd")
     micro_batch = args.micro_batch_size or per_rank // (args.grad_accum_steps or 1)
     loss_chunk = args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0)
@@ -298,7 +308,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     model.to(device).train()
     if ranks.rank > 0:
         torch.manual_seed(args.seed + ranks.rank)  # dropout differs per rank
-    optimizers = build_optimizers(model, optimizer_name, lr, min_lr, args.muon_lr, args.weight_decay, device.type)
+    optimizers = build_optimizers(model, optimizer_name, lr, min_lr, muon_lr, args.weight_decay, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
     progress = Progress(micro_batch_size=micro_batch)
     if resume is not None:
@@ -328,7 +338,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     say(f"data: {token_file.path.name} ({data_mode}), train {len(train_split):,} tokens, validation "
         f"{len(val_split) if val_split else 0:,}; {n_windows // B:,} steps/epoch; loss on {args.loss_on} tokens"
         f"{f' in chunks of {loss_chunk}' if loss_chunk else ''}")
-    muon = f", Muon lr {args.muon_lr:g}" if optimizer_name == "muon" else ""
+    muon = f", Muon lr {muon_lr:g}" if optimizer_name == "muon" else ""
     say(f"{optimizer_name}, {schedule} schedule: lr {lr:g}{muon} -> x{min_lr / lr:g}, warmup {warmup}; batch {B} = "
         f"{ranks.world_size} rank(s) x {per_rank} (micro-batch {progress.micro_batch_size}); {total_steps:,} steps")
     say(f"checkpoints: {ckdir} " + (f"(resumed from {resume.folder.name}: step {progress.step}, epoch {progress.epoch})"
