@@ -269,7 +269,7 @@ TABLE = [
         lambda w, o: train(w, o, "--n_embd", "100", "--n_head", "3"),
         "n_embd=100.*n_head=3", "multiple of n_head", prior_ckpt("other")),
     Row("train-min-lr-above-the-default-lr", "train_colab_mmap.py", lambda w, o: train(w, o, "--min_lr", "0.5"),
-        r"--min_lr 0\.5 .*learning rate 0\.001", r"pass --min_lr 0\.0001 or --lr 0\.5", prior_ckpt()),
+        r"--min_lr 0\.5 .*learning rate 0\.004 \(the muon default", r"pass --min_lr 0\.0004 or --lr 0\.5", prior_ckpt()),
     Row("train-unknown-model-size", "train_colab_mmap.py", lambda w, o: train(w, o, "--model_size", "huge"),
         "--model_size", "choose", prior_ckpt()),
     Row("train-use-gpu-without-gpu", "train_colab_mmap.py", lambda w, o: train(w, o, "--use_gpu"),
