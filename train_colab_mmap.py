@@ -37,7 +37,6 @@ from train_step import (StopSignals, all_reduce, build_optimizers, evaluate, for
                         probe_micro_batch, roll_back, step_record)
 
 
-
 def number(kind: type, rule: str, ok) -> object:
     """An argparse type: a `kind` number for which ok(value) holds, else one error line naming `rule`."""
     def parse(text: str):
@@ -284,9 +283,9 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     optimizer_name = choose_optimizer(args.optimizer, resume, say)
     lr, muon_lr = learning_rates(config.n_embd, optimizer_name, args.lr, args.muon_lr)
     if args.min_lr is not None and args.min_lr > lr:
-        raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} (the {optimizer_name} default for "
-                        f"n_embd {config.n_embd}), so the schedule would raise it; pass --min_lr {lr / 10:g} or "
-                        f"--lr {args.min_lr:g}")
+        source = "--lr" if args.lr else f"the {optimizer_name} default for n_embd {config.n_embd}"
+        raise UserError(f"--min_lr {args.min_lr:g} is above the learning rate {lr:g} ({source}), so the schedule "
+                        f"would raise it; pass --min_lr {lr / 10:g} or --lr {args.min_lr:g}")
     min_lr = lr / 10 if args.min_lr is None else args.min_lr
     warmup = min(2000, total_steps // 20) if args.warmup_steps is None else args.warmup_steps
     schedule = args.schedule or (resume.trainer_state.get("schedule", "cosine") if resume else "wsd")

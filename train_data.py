@@ -106,7 +106,8 @@ def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, T:
             found = f"holds {n:g} tokens" if path.is_file() else "not found"
             raise UserError(f"--val_bin_file {path} {found}: it must hold a whole number, at least block_size+1 = "
                             f"{T + 1}, of {tf.dtype.name} tokens (the training file's dtype)")
-        meta = read_json(metadata_beside(path), "validation metadata") if metadata_beside(path) else {}
+        meta_path = metadata_beside(path)
+        meta = read_json(meta_path, "validation metadata") if meta_path else {}
         own = isinstance(meta, dict) and meta.get("num_tokens") == n  # bytes only from its own metadata
         val = Split(TokenFile(path, tf.dtype, int(n), meta.get("num_bytes") if own else None), 0, int(n))
     elif val_fraction > 0:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from common import UserError
 from model import IGNORE_INDEX, GPTConfig, TransformerLanguageModel
 from train_data import Batch, TokenSource, make_batch
-from train_state import MetricsLog, Progress, Ranks, find_checkpoint, restore_checkpoint
+from train_state import MetricsLog, Progress, Ranks, capture_rng, find_checkpoint, restore_checkpoint, restore_rng
 
 # Dense bf16/fp16 tensor-core peak, for MFU.
 PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), ("V100", 125), ("T4", 65)]
@@ -200,7 +200,7 @@ def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: li
     fresh = not any(opt.state for opt in optimizers)
     moments = [torch.empty_like(p) for p in model.parameters() if p.requires_grad for _ in range(2)] if fresh else []
     while True:
-        fits, rng = 1.0, torch.get_rng_state()
+        fits, rng = 1.0, capture_rng(device)  # dropout draws in the probe must not shift training's
         try:
             with model.no_sync(), autocast(device, amp_dtype):
                 x, y = batch.x[:micro].to(device), batch.y[:micro].to(device)
@@ -210,7 +210,7 @@ def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: li
                 raise
             fits = 0.0
         free_memory(optimizers, device)
-        torch.set_rng_state(rng)
+        restore_rng(rng, device)
         if all_reduce(torch.tensor([fits], device=device), dist.ReduceOp.MIN).item() == 1.0:
             moments.clear()  # freed for the real ones (the CUDA allocator keeps the blocks)
             return micro
