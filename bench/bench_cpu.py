@@ -28,11 +28,13 @@ tokenize_local_bpe.py --tokenizer_type char with --val_fraction 0.1. Same work, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import gzip
 import json
 import os
 import pickle
+import platform
 import re
 import resource
 import statistics
@@ -193,13 +195,17 @@ def run_ours(s: Shape, steps: int, dtype: str, data_args: list[str], ckdir: Path
 
 # ---------------------------------------------------------------------------- report
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` reports (bench_learning.py uses it too)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def machine_line() -> str:
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "unknown CPU")
-    except OSError:
-        cpu = "unknown CPU"
-    return (f"CPU: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads "
+    return (f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads "
             f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); capability "
             f"{torch.backends.cpu.get_cpu_capability()}")
 

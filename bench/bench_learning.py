@@ -337,10 +337,8 @@ def plot(results: dict[str, tuple[dict[str, Curve], dict[str, float]]], optimize
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "unknown CPU") if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+    from bench_cpu import cpu_name  # bench/ is this script's folder, first on sys.path
+    return f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:
