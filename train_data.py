@@ -1,12 +1,10 @@
-"""The training data: token files checked against their metadata and tokenizer, train/validation
-splits, memmap or RAM reads, the --loss_on assistant mask, and batches of windows in a seeded order
-per epoch. Window i of a split is its tokens [i*T, i*T + T + 1): inputs, and targets shifted by one.
-"""
+"""The training data: token files checked against their metadata and tokenizer, train/validation splits,
+memmap or RAM reads, the --loss_on assistant mask, and batches of windows in a seeded order per epoch.
+Window i of a split is its tokens [i*T, i*T + T + 1): inputs, and targets shifted by one."""
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +34,7 @@ class TokenFile:
 
 
 def metadata_beside(bin_path: Path) -> Path | None:
-    """X_metadata.json beside X.bin, when it exists."""
-    sibling = bin_path.with_name(bin_path.name.removesuffix(".bin") + "_metadata.json")
+    sibling = bin_path.with_name(bin_path.name.removesuffix(".bin") + "_metadata.json")  # X.bin: X_metadata.json
     return sibling if bin_path.suffix == ".bin" and sibling.is_file() else None
 
 
@@ -59,9 +56,8 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
         return TokenFile(path, dtype, size // dtype.itemsize)
 
     meta = read_json(metadata_file, "--metadata_file")
-    if not isinstance(meta, dict):
-        raise UserError(f"--metadata_file {metadata_file} holds a {type(meta).__name__}, not a JSON object")
-    missing = [k for k in ("dtype", "num_tokens", "vocab_size", "tokenizer_sha256") if k not in meta]
+    missing = [k for k in ("dtype", "num_tokens", "vocab_size", "tokenizer_sha256")
+               if not isinstance(meta, dict) or k not in meta]  # a list or a number lacks them all
     if missing:
         raise UserError(f"--metadata_file {metadata_file} lacks {missing}; regenerate it with tokenize_local_bpe.py")
     num_tokens, vocab = meta["num_tokens"], meta["vocab_size"]
@@ -144,35 +140,27 @@ def choose_data_mode(mode: str, nbytes: int, copies: int = 1) -> str:
     """auto: preload when `copies` RAM copies (one per local rank) use under half the available RAM."""
     if mode != "auto":
         return mode
-    free = 0  # unknown: mmap
-    with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux's MemAvailable counts reclaimable cache
-        with open("/proc/meminfo") as f:
-            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # elsewhere: the free pages
-        free = free or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return "preload" if nbytes * copies < free // 2 else "mmap"
+    available = 0  # unknown (not Linux): mmap
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/meminfo") as f:
+        # MemAvailable counts the page cache the kernel can reclaim, unlike the free pages
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    return "preload" if nbytes * copies < available // 2 else "mmap"
 
 
-class TokenSource:
-    """The tokens of a split. mmap: a fresh np.memmap per read, so pages of the mapping never pile
-    up in resident memory over an epoch. preload: the split is read into RAM once."""
+class TokenSource(Split):
+    """A split's tokens: in RAM (preload), or a fresh np.memmap per read, so mapped pages never pile up in RSS."""
 
     def __init__(self, split: Split, preload: bool) -> None:
-        self.file, self.start, self.end = split.file, split.start, split.end
+        super().__init__(split.file, split.start, split.end)
         self.ram = np.fromfile(self.file.path, dtype=self.file.dtype, count=len(split),
                                offset=self.start * self.file.dtype.itemsize) if preload and len(split) else None
 
-    def __len__(self) -> int:
-        return self.end - self.start
-
     def rows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """(len(starts), length) int64 tokens at the given offsets of the split."""
         view = self.ram if self.ram is not None else self.read_file(self.start, self.end)
-        return view[starts[:, None] + np.arange(length)].astype(np.int64)
+        return view[starts[:, None] + np.arange(length)].astype(np.int64)  # (len(starts), length), split offsets
 
     def read_file(self, begin: int, end: int) -> np.ndarray:
-        """Tokens at absolute positions of the whole file (the assistant mask looks back across the split)."""
-        return np.memmap(self.file.path, dtype=self.file.dtype, mode="r")[begin:end]
+        return np.memmap(self.file.path, dtype=self.file.dtype, mode="r")[begin:end]  # whole-file positions
 
 
 # ---------------------------------------------------------------------------- assistant mask
@@ -182,7 +170,7 @@ class AssistantMask:
     the reply and the special token that ends it, never <|assistant|> itself, user/system turns or plain text."""
 
     def __init__(self, vocab_size: int, assistant_id: int, special_ids: list[int]) -> None:
-        self.lut = np.zeros(vocab_size, dtype=np.uint8)
+        self.lut = np.zeros(vocab_size, dtype=np.uint8)  # token id -> NOT_SPECIAL, ASSISTANT or OTHER_SPECIAL
         self.lut[[i for i in special_ids if i is not None and 0 <= i < vocab_size]] = OTHER_SPECIAL
         self.lut[assistant_id] = ASSISTANT
 
@@ -192,7 +180,7 @@ class AssistantMask:
     def state_before(self, source: TokenSource, file_pos: int) -> int:
         """Kind of the last special token before file_pos, read backwards in doubling chunks (turns are short)."""
         end, chunk = file_pos, 256
-        while end > 0:
+        while end > 0:  # the whole file, not just the split: a validation split may begin mid-reply
             begin = max(0, end - chunk)
             k = self.kinds(source.read_file(begin, end))
             nz = np.flatnonzero(k)
@@ -201,12 +189,12 @@ class AssistantMask:
             end, chunk = begin, chunk * 2
         return NOT_SPECIAL
 
-    def targets(self, rows: np.ndarray, prev: np.ndarray) -> np.ndarray:
-        """(B, T) bool, True where target rows[:, j+1] is an assistant token; prev: (B,) state before each row."""
-        k = self.kinds(rows[:, :-1])  # (B, T)
-        last = np.maximum.accumulate(np.where(k > 0, np.arange(k.shape[1]), -1), axis=1)  # last special <= j, or -1
-        state = np.where(last >= 0, np.take_along_axis(k, np.maximum(last, 0), axis=1), prev[:, None])
-        return state == ASSISTANT
+    def targets(self, source: TokenSource, starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(B, T) bool, True where target rows[:, j+1] is kept: the last special token up to x[j] is <|assistant|>."""
+        before = [self.state_before(source, source.start + int(s)) for s in starts]  # (B,) kind before each window
+        k = np.column_stack([np.array(before, dtype=np.uint8), self.kinds(rows[:, :-1])])  # (B, 1+T)
+        last = np.maximum.accumulate(np.where(k > 0, np.arange(k.shape[1]), 0), axis=1)  # column of the last special
+        return np.take_along_axis(k, last, axis=1)[:, 1:] == ASSISTANT
 
 
 def assistant_mask_for(tok: Any, tokenizer_file: str) -> AssistantMask:
@@ -237,8 +225,7 @@ def make_batch(source: TokenSource, starts: np.ndarray, block_size: int, vocab_s
                         f"the .bin and the tokenizer do not match")
     x, y = rows[:, :-1], rows[:, 1:].copy()
     if mask is not None:
-        prev = np.array([mask.state_before(source, source.start + int(s)) for s in starts], dtype=np.uint8)
-        y[~mask.targets(rows, prev)] = IGNORE_INDEX
+        y[~mask.targets(source, starts, rows)] = IGNORE_INDEX
     return x, y
 
 
@@ -252,26 +239,25 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class BatchStream:
-    """This rank's rows of successive optimizer steps from (epoch, offset), prepared `depth` steps
-    ahead on a background thread (numpy slicing releases the GIL)."""
+    """This rank's rows of successive optimizer steps from (epoch, offset), prepared `depth` steps ahead
+    on a background thread (numpy slicing releases the GIL)."""
 
     def __init__(self, source: TokenSource, block_size: int, vocab_size: int, global_batch: int, rank: int,
                  world: int, seed: int, epoch: int, offset: int, mask: AssistantMask | None, pin: bool,
                  depth: int = 2) -> None:
-        self.source, self.T, self.V, self.B, self.seed, self.mask, self.pin = (
-            source, block_size, vocab_size, global_batch, seed, mask, pin)
+        self.source, self.T, self.V, self.mask, self.pin = source, block_size, vocab_size, mask, pin
+        self.B, self.seed, self.epoch, self.offset = global_batch, seed, epoch, offset
+        self.n = num_windows(len(source), block_size)  # windows per epoch
         per_rank = global_batch // world
         self.rows = slice(rank * per_rank, (rank + 1) * per_rank)  # ranks take turns within each step's windows
-        self.n, self.epoch, self.offset = num_windows(len(source), block_size), epoch, offset
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.ahead = deque(self.pool.submit(self.load, *self.advance()) for _ in range(depth))
 
     def advance(self) -> tuple[int, int]:
-        """The (epoch, offset) of the next step, moving on to a new epoch when too few windows are left."""
-        if self.offset + self.B > self.n:
+        if self.offset + self.B > self.n:  # too few windows left for a step: the next epoch begins
             self.epoch, self.offset = self.epoch + 1, 0
         self.offset += self.B
-        return self.epoch, self.offset - self.B
+        return self.epoch, self.offset - self.B  # the (epoch, offset) of the next step
 
     def load(self, epoch: int, offset: int) -> Batch:
         ids = epoch_permutation(self.n, self.seed, epoch)[offset:offset + self.B][self.rows]
