@@ -19,8 +19,7 @@ from common import UserError, read_json, sha256_file
 from model import IGNORE_INDEX
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
-# Kinds in the assistant mask's lookup table: which special token was seen last.
-NOT_SPECIAL, ASSISTANT, OTHER_SPECIAL = 0, 1, 2
+NOT_SPECIAL, ASSISTANT, OTHER_SPECIAL = 0, 1, 2  # kinds of token in the assistant mask (of the last special one seen)
 
 
 # ---------------------------------------------------------------------------- token files
@@ -54,7 +53,6 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
         print(f"note: no --metadata_file; reading {path.name} as {dtype.name} (from the tokenizer's vocabulary "
               f"of {tok_vocab}) without checking it against the tokenizer", file=sys.stderr, flush=True)
         return TokenFile(path, dtype, size // dtype.itemsize)
-
     meta = read_json(metadata_file, "--metadata_file")
     missing = [k for k in ("dtype", "num_tokens", "vocab_size", "tokenizer_sha256")
                if not isinstance(meta, dict) or k not in meta]  # a list or a number lacks them all
@@ -166,8 +164,8 @@ class TokenSource(Split):
 # ---------------------------------------------------------------------------- assistant mask
 
 class AssistantMask:
-    """--loss_on assistant: a target is kept when the last special token before it is <|assistant|>:
-    the reply and the special token that ends it, never <|assistant|> itself, user/system turns or plain text."""
+    """--loss_on assistant: a target is kept when the last special token before it is <|assistant|>: the reply
+    and the special token that ends it, never <|assistant|> itself, user/system turns or plain text."""
 
     def __init__(self, vocab_size: int, assistant_id: int, special_ids: list[int]) -> None:
         self.lut = np.zeros(vocab_size, dtype=np.uint8)  # token id -> NOT_SPECIAL, ASSISTANT or OTHER_SPECIAL
@@ -239,19 +237,17 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class BatchStream:
-    """This rank's rows of successive optimizer steps from (epoch, offset), prepared `depth` steps ahead
-    on a background thread (numpy slicing releases the GIL)."""
+    """This rank's rows of each next optimizer step from (epoch, offset), prepared ahead on a background thread."""
 
     def __init__(self, source: TokenSource, block_size: int, vocab_size: int, global_batch: int, rank: int,
-                 world: int, seed: int, epoch: int, offset: int, mask: AssistantMask | None, pin: bool,
-                 depth: int = 2) -> None:
+                 world: int, seed: int, epoch: int, offset: int, mask: AssistantMask | None, pin: bool) -> None:
         self.source, self.T, self.V, self.mask, self.pin = source, block_size, vocab_size, mask, pin
         self.B, self.seed, self.epoch, self.offset = global_batch, seed, epoch, offset
         self.n = num_windows(len(source), block_size)  # windows per epoch
         per_rank = global_batch // world
         self.rows = slice(rank * per_rank, (rank + 1) * per_rank)  # ranks take turns within each step's windows
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.ahead = deque(self.pool.submit(self.load, *self.advance()) for _ in range(depth))
+        self.pool = ThreadPoolExecutor(max_workers=1)  # one thread is enough: numpy slicing releases the GIL
+        self.ahead = deque(self.pool.submit(self.load, *self.advance()) for _ in range(2))  # two steps ahead
 
     def advance(self) -> tuple[int, int]:
         if self.offset + self.B > self.n:  # too few windows left for a step: the next epoch begins
@@ -278,5 +274,4 @@ class BatchStream:
 
 def eval_windows(n_windows: int, count: int) -> np.ndarray:
     """A fixed, evenly spread set of validation windows, so every evaluation sees the same data."""
-    count = min(count, n_windows)
-    return np.unique(np.linspace(0, n_windows - 1, num=count).round().astype(np.int64))
+    return np.unique(np.linspace(0, n_windows - 1, num=min(count, n_windows)).round().astype(np.int64))

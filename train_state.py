@@ -1,7 +1,6 @@
-"""What the trainer keeps on disk: checkpoints (atomic step folders, verified by size and sha256 on
-load, with fallback to an older one, pruning, and recovery from a save cut off midway) and metrics
-(metrics.jsonl, optional wandb/tensorboard, and the loss-curve PNG).
-"""
+"""What the trainer keeps on disk: checkpoints (atomic step folders, verified by size and sha256 on load,
+with fallback to an older one, pruning, and recovery from a save cut off midway) and metrics (metrics.jsonl,
+optional wandb/tensorboard, and the loss-curve PNG)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from common import UserError, atomic_dir, atomic_path, atomic_write_json, atomic_write_text, first_line, sha256_file
-from model import load_weights_file, unwrap_model
+from model import unwrap_model
 
 CKPT_FILES = ("pytorch_model.bin", "training_state.pt", "config.json", "tokenizer.json")
 POINTERS = ("latest", "best", "decay_start")  # files naming a step folder; pruning never removes those
@@ -49,8 +48,7 @@ class Progress:
     nan_skipped: int = 0
     rollbacks: int = 0
     wall_time_s: float = 0.0
-    eval_windows: int = 0         # validation windows per evaluation, fixed by the first run so that
-                                  # every evaluation (and `best`) compares the same set
+    eval_windows: int = 0         # validation windows per evaluation, fixed by the first run: `best` compares alike
     decay_start: int = 0          # WSD: the step its final decay began (0: not yet) and its length
     decay_steps: int = 0
 
@@ -145,26 +143,23 @@ def read_checkpoint(folder: Path) -> Checkpoint:
             raise ValueError(f"{name} is missing or truncated")
         if sha256_file(f) != want["sha256"]:
             raise ValueError(f"{name} is corrupt (sha256 mismatch)")
-    current = "pytorch_model.bin"
-    try:
-        weights = load_weights_file(folder)
-        current = "training_state.pt"
-        state = torch.load(folder / current, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable state, a code-carrying pickle included
-        reason = first_line(e, 160)
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
-            reason = "it holds objects other than tensors (refused: loading it could run code)"
-        raise ValueError(f"cannot load {current}: {reason}") from None
-    return Checkpoint(folder, weights, state, meta)
+    loaded = []
+    for name in ("pytorch_model.bin", "training_state.pt"):
+        try:  # weights_only: a pickle that would run code is refused
+            loaded.append(torch.load(folder / name, map_location="cpu", weights_only=True))
+        except Exception as e:  # any unreadable file, a code-carrying pickle included
+            reason = first_line(e, 160)
+            if "Weights only load failed" in reason:
+                reason = "it holds objects other than tensors (refused: loading it could run code)"
+            raise ValueError(f"cannot load {name}: {reason}") from None
+    return Checkpoint(folder, *loaded, meta)
 
 
 def find_checkpoint(ckdir: Path, say: Callable[[str], None]) -> Checkpoint | None:
     """The newest usable checkpoint in ckdir (`latest` first); unusable ones are skipped with a warning."""
     found = list_checkpoints(ckdir) if ckdir.is_dir() else []
-    pointer = ckdir / "latest"
-    if pointer.is_file():
-        named = ckdir / pointer.read_text(encoding="utf-8").strip()
-        found = [named] * named.is_dir() + [p for p in found if p != named]
+    latest = (ckdir / "latest").read_text(encoding="utf-8").strip() if (ckdir / "latest").is_file() else None
+    found.sort(key=lambda p: p.name != latest)  # the folder `latest` names first; the rest keep their order
     for i, folder in enumerate(found):
         try:
             return read_checkpoint(folder)
@@ -180,20 +175,16 @@ def find_checkpoint(ckdir: Path, say: Callable[[str], None]) -> Checkpoint | Non
 def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_file: str,
                      training_state: dict, trainer_state: dict) -> Path:
     """Build ckdir/.tmp-NAME-PID, then rename it to ckdir/NAME: never a half folder."""
-    final = ckdir / name
-    with atomic_dir(final, tmp=ckdir / f".tmp-{name}-{os.getpid()}") as tmp:
-        # weights as CPU tensors (a GPU-trained checkpoint must load on a CPU: the seed's torch.load
-        # has no map_location); tensors shared by tied embeddings stay shared
-        unwrap_model(model).write_weights(tmp)
+    with atomic_dir(ckdir / name, tmp=ckdir / f".tmp-{name}-{os.getpid()}") as tmp:
+        unwrap_model(model).write_weights(tmp)  # CPU tensors: the seed's torch.load (no map_location) reads them
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
         torch.save(training_state, tmp / "training_state.pt")
-        files = {}
-        for f in CKPT_FILES:
+        for f in CKPT_FILES:  # on disk before the rename that publishes the folder
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
-            files[f] = {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
+        files = {f: {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in CKPT_FILES}
         atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "files": files})
-    return final
+    return ckdir / name
 
 
 def prune_checkpoints(ckdir: Path, keep_last: int) -> None:
@@ -204,23 +195,21 @@ def prune_checkpoints(ckdir: Path, keep_last: int) -> None:
 
 
 def recover_interrupted_saves(ckdir: Path) -> None:
-    """A run killed mid-save leaves .tmp-* (incomplete: removed) or, when it was replacing a
-    folder of the same step, .old-NAME-PID (the complete old folder: put back if NAME is gone)."""
-    for leftover in ckdir.glob(".tmp-*"):
+    """Tidy what a run killed mid-save left in ckdir (see common.atomic_dir)."""
+    for leftover in ckdir.glob(".tmp-*"):  # a folder (or file) not yet complete: removed
         shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-    for old in ckdir.glob(".old-*"):
+    for old in ckdir.glob(".old-*"):  # .old-NAME-PID: the complete folder that a save was replacing
         name = ckdir / old.name[len(".old-"):].rsplit("-", 1)[0]
-        if name.exists():
+        if name.exists():  # the new NAME is in place: the old copy is stale
             shutil.rmtree(old, ignore_errors=True)
-        else:
+        else:  # killed between the two renames: the old folder goes back
             os.replace(old, name)
 
 
 # ---------------------------------------------------------------------------- metrics
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per log, evaluation or event), wandb and tensorboard when asked
-    for, and loss_curve.png. Only rank 0 makes one."""
+    """Rank 0's metrics.jsonl (a JSON object per log, evaluation or event), wandb/tensorboard, loss_curve.png."""
 
     def __init__(self, ckdir: Path, say: Callable[[str], None], resume_step: int | None, config: dict,
                  wandb: bool = False, tensorboard: bool = False) -> None:
@@ -230,24 +219,19 @@ class MetricsLog:
         elif self.path.exists():  # a fresh run keeps an older run's metrics under another name
             os.replace(self.path, self.path.with_name(f"metrics-{int(time.time())}.jsonl"))
         try:
-            import matplotlib
-            matplotlib.use("Agg")  # files only, no window
-            import matplotlib.pyplot as plt
-            self.plt = plt
+            from matplotlib.figure import Figure  # the object API: drawn straight to a file, no pyplot window
         except ImportError:
-            self.plt = None
+            Figure = None
             say("note: matplotlib is not installed, so no loss_curve.png (pip install matplotlib)")
-
-        def numbers(record: dict) -> dict:
-            return {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        self.figure = Figure
         if wandb:
             import wandb as wb
             wb.init(project="gpt2-from-scratch", config=config, dir=str(ckdir))
-            self.sinks.append(lambda r: wb.log(numbers(r), step=r["step"]))
+            self.sinks.append(lambda step, numbers: wb.log(numbers, step=step))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             tb = SummaryWriter(str(ckdir / "tensorboard"))
-            self.sinks.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in numbers(r).items()])
+            self.sinks.append(lambda step, numbers: [tb.add_scalar(k, v, step) for k, v in numbers.items()])
 
     def truncate_after(self, step: int) -> None:
         """On resume or rollback: forget records logged after `step` (events stay)."""
@@ -260,14 +244,16 @@ class MetricsLog:
         self.history.append(record)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         for sink in self.sinks:
-            sink(record)
+            sink(record["step"], numbers)
 
     def plot(self) -> None:
         """Train and validation loss against tokens seen; validation bits per byte on a second axis."""
-        if self.plt is None:
+        if self.figure is None:
             return
-        fig, ax = self.plt.subplots(figsize=(7, 4))
+        fig = self.figure(figsize=(7, 4))
+        ax = fig.subplots()
         bpb_ax = ax.twinx()
         for axis, key, label, style in ((ax, "loss", "train", {}), (ax, "val_loss", "validation", {"marker": "o"}),
                                         (bpb_ax, "val_bpb", "validation bits/byte", {"marker": "s", "color": "g"})):
@@ -277,7 +263,6 @@ class MetricsLog:
         ax.set(xlabel="tokens seen", ylabel="loss (nats/token)")
         bpb_ax.set(ylabel="bits per byte")
         ax.grid(alpha=0.3)
-        ax.legend(*[a + b for a, b in zip(ax.get_legend_handles_labels(), bpb_ax.get_legend_handles_labels())])
+        fig.legend(loc="upper right", bbox_to_anchor=(1, 1), bbox_transform=ax.transAxes)  # both axes' lines
         with atomic_path(self.png) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
-        self.plt.close(fig)
