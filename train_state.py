@@ -84,8 +84,7 @@ def save_checkpoint(ckdir: Path, model: torch.nn.Module, optimizers: list, scale
             write_checkpoint(ckdir, name, model, tokenizer_file, state, {**summary, **asdict(progress)})
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
             raise UserError(f"cannot write checkpoint {name} to --checkpoint_dir {ckdir}: {first_line(e, 160)}; "
-                            f"free disk space or pass another --checkpoint_dir (the earlier checkpoints there are "
-                            f"intact)") from None
+                            f"free disk space or pass another --checkpoint_dir (earlier ones are intact)") from None
         for pointer in pointers:
             atomic_write_text(ckdir / pointer, name + "\n")
         prune_checkpoints(ckdir, keep_last)
