@@ -16,6 +16,10 @@ def is_conv1d_key(key: str) -> bool:
     return key.startswith("transformer.h.") and key.endswith(CONV1D_SUFFIXES)
 
 
+def is_hf_config(raw: object) -> bool:
+    return isinstance(raw, dict) and ("model_type" in raw or "n_positions" in raw)  # GPTConfig has neither key
+
+
 def check_replaceable(out_dir: Path, source: Path | None, flag: str = "--out_dir") -> None:
     """An existing out_dir is replaced only when it looks like an earlier export/import (config.json,
     no subfolders): a mistyped path never wipes a training run or a home folder."""

@@ -179,9 +179,9 @@ def find_checkpoint(ckdir: Path, say: Callable[[str], None]) -> Checkpoint | Non
 
 def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_file: str,
                      training_state: dict, trainer_state: dict) -> Path:
-    """Build ckdir/.tmp-NAME-PID, then rename it to ckdir/NAME: never a half folder."""
+    """Build ckdir/.tmp-NAME-XXXXXXXX, then rename it to ckdir/NAME: never a half folder."""
     final = ckdir / name
-    with atomic_dir(final, tmp=ckdir / f".tmp-{name}-{os.getpid()}") as tmp:
+    with atomic_dir(final) as tmp:
         # weights as CPU tensors (a GPU-trained checkpoint must load on a CPU: the seed's torch.load
         # has no map_location); tensors shared by tied embeddings stay shared
         unwrap_model(model).write_weights(tmp)
