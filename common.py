@@ -160,5 +160,5 @@ def pick_device(requested: str | None = None) -> "torch.device":  # noqa: F821
 def cuda_has_native_bf16(device: "torch.device") -> bool:  # noqa: F821
     """bf16 tensor cores: Ampere (sm80) and later."""
     import torch
-    # not torch.cuda.is_bf16_supported(): it also says yes for T4/V100, where bf16 is emulated and slow
+    # not torch.cuda.is_bf16_supported(): it says yes for T4/V100 too, where bf16 is emulated and slow (fp16 there)
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8

@@ -1,5 +1,5 @@
 """What both HuggingFace converters (export_hf.py, import_hf.py) share: which of our weights HF
-GPT-2 stores transposed, and how an --out_dir folder is checked and written."""
+GPT-2 stores transposed, how an HF config.json is recognised, how an --out_dir folder is checked and written."""
 from __future__ import annotations
 
 import os

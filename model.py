@@ -1,6 +1,5 @@
-"""GPT-2 exactly as HuggingFace's GPT2LMHeadModel, weight for weight (export_hf.py, import_hf.py): learned
-positions, pre-LayerNorm blocks with biases, fused QKV, tanh GELU, GPT-2 init. Also a KV cache for decoding and
-our checkpoint folders: config.json (the GPTConfig fields) + pytorch_model.bin (the state dict)."""
+"""GPT-2 exactly as HuggingFace's GPT2LMHeadModel, weight for weight (learned positions, pre-LayerNorm blocks with
+biases, fused QKV, tanh GELU, GPT-2 init); a KV cache for decoding; our config.json + pytorch_model.bin folders."""
 from __future__ import annotations
 
 import dataclasses
@@ -321,9 +320,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, head_weight: torch.Tensor, targe
         logits = (h @ w.t())[:, :vocab_size].float()  # (chunk, V)
         return F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.size(0), chunk_size):
-        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        # checkpoint: backward recomputes the chunk's logits, so peak memory holds one chunk's, not all
-        total = total + checkpoint(chunk_loss_sum, h, head_weight, t, use_reentrant=False)
+    # checkpoint: backward recomputes each chunk's logits, so peak memory holds one chunk's, not all of them
+    total = sum(checkpoint(chunk_loss_sum, h, head_weight, t, use_reentrant=False)
+                for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)))
     return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
