@@ -217,8 +217,8 @@ class TransformerLanguageModel(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B), N = the parameters in matmuls."""
         c = self.config
-        N = self.num_parameters() - self.transformer.wpe.weight.numel()  # table lookups are no matmuls
-        if not c.tie_embeddings:
+        N = self.num_parameters() - self.transformer.wpe.weight.numel()  # the position table is a lookup
+        if not c.tie_embeddings:  # an untied token table is a lookup too (a tied one is the head: a matmul)
             N -= self.transformer.wte.weight.numel()
         return 6 * N + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * (seq_len or c.block_size)
 
