@@ -7,9 +7,9 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Sequence
 
@@ -53,19 +53,11 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     return (str(error).strip().splitlines() or [""])[0][:limit]
 
 
-def _give_default_mode(path: Path, base: int) -> None:
-    """The mode a plain open()/mkdir() would have given under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, base & ~mask)
-
-
 def temp_file_beside(path: Path) -> Path:
-    """A new empty file .tmp-NAME.XXXXXXXX beside `path`, with the mode open() would give it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    _give_default_mode(Path(tmp), 0o666)  # mkstemp makes 0600 files
-    return Path(tmp)
+    """A new empty file .tmp-NAME.XXXXXXXX beside `path` (8 random hex digits), with open()'s usual mode."""
+    tmp = path.with_name(f".tmp-{path.name}.{secrets.token_hex(4)}")
+    tmp.touch(exist_ok=False)  # O_EXCL: never someone else's file
+    return tmp
 
 
 @contextlib.contextmanager
@@ -85,17 +77,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `final` (or at `tmp`) that replaces `final` whole on success."""
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder .tmp-NAME-XXXXXXXX beside `final` that replaces `final` whole on success."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if tmp is None:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-        _give_default_mode(tmp, 0o777)  # mkdtemp makes it 0700
-    else:
-        tmp = Path(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    tmp = final.with_name(f".tmp-{final.name}-{secrets.token_hex(4)}")
+    tmp.mkdir(parents=True)  # fails if it exists: never someone else's folder
     old = final.with_name(f".old-{final.name}-{os.getpid()}")
     try:
         yield tmp
@@ -125,15 +111,18 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "regenerate it") -> Any:
-    """Read a JSON file or raise UserError naming the file and `fix`."""
+def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "regenerate it") -> dict[str, Any]:
+    """The JSON object in a file, or a UserError naming the file and `fix`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path} (check the path)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(data, dict):  # every file we read is an object: [1, 2] is as broken as bad syntax
+        raise UserError(f"{what} {path} holds a {type(data).__name__}, not a JSON object; {fix}")
+    return data
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -155,8 +144,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 
 def pick_device(requested: str | None = None) -> "torch.device":  # noqa: F821
     """'cuda' > 'mps' > 'cpu' when `requested` is None or 'auto'; otherwise validate it."""
-    import torch
-
+    import torch  # here, not at the top: scripts that never touch a device start without torch
     mps = torch.backends.mps.is_available()
     if requested in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
@@ -170,8 +158,7 @@ def pick_device(requested: str | None = None) -> "torch.device":  # noqa: F821
 
 
 def cuda_has_native_bf16(device: "torch.device") -> bool:  # noqa: F821
-    """bf16 tensor cores: Ampere (sm80) and later. torch.cuda.is_bf16_supported() also says yes for
-    T4/V100, where bf16 is emulated and slow, so those get fp16."""
+    """bf16 tensor cores: Ampere (sm80) and later."""
     import torch
-
+    # not torch.cuda.is_bf16_supported(): it says yes for T4/V100 too, where bf16 is emulated and slow (fp16 there)
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8

@@ -1,6 +1,5 @@
-"""GPT-2 exactly as HuggingFace's GPT2LMHeadModel, weight for weight (export_hf.py, import_hf.py): learned
-positions, pre-LayerNorm blocks with biases, fused QKV, tanh GELU, GPT-2 init. Also a KV cache for decoding and
-our checkpoint folders: config.json (the GPTConfig fields) + pytorch_model.bin (the state dict)."""
+"""GPT-2 exactly as HuggingFace's GPT2LMHeadModel, weight for weight (learned positions, pre-LayerNorm blocks with
+biases, fused QKV, tanh GELU, GPT-2 init); a KV cache for decoding; our config.json + pytorch_model.bin folders."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from common import UserError, atomic_dir, first_line, read_json, resolve_checkpoint_dir
+from hf_common import is_hf_config
 
 IGNORE_INDEX = -100  # target value the loss skips (prompt tokens, padding); F.cross_entropy's default
 WEIGHTS_NAME, CONFIG_NAME = "pytorch_model.bin", "config.json"
@@ -35,8 +35,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if type(value := getattr(self, name)) is not int or value <= 0:  # type(), not isinstance: True is no size
                 raise UserError(f"model config: {name}={value!r} must be a positive integer")
         if self.n_embd % self.n_head != 0:
             raise UserError(f"model config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
@@ -52,8 +51,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> GPTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
+        if unknown := sorted(set(d) - known):
             raise UserError(f"{source}: unknown model config keys {unknown}; expected only {sorted(known)}")
         try:
             return cls(**d)
@@ -89,8 +87,7 @@ class KVCache:
         shape = (config.n_layer, 2, batch_size, config.n_head, self.max_len, config.n_embd // config.n_head)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (L, 2, B, nh, max_len, hs): keys, values
         self.pos = 0  # slots filled so far
-        # a left-padded batch: row b's first pad_lens[b] slots are padding that no query attends to,
-        # and its first real token gets position 0
+        # left padding: row b's first pad_lens[b] slots are padding no query sees; its first real token is position 0
         self.pad_lens = None if pad_lens is None else torch.as_tensor(pad_lens, device=device, dtype=torch.long)
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -110,13 +107,13 @@ class KVCache:
         """True = attend, for T new queries over all S filled slots; None when is_causal says the same."""
         if self.pad_lens is None and (self.pos == 0 or T == 1):
             return None
-        q = torch.arange(self.pos, self.pos + T, device=device).view(T, 1)
-        k = torch.arange(self.pos + T, device=device).view(1, -1)
+        q = torch.arange(self.pos, self.pos + T, device=device).view(T, 1)  # query positions
+        k = torch.arange(self.pos + T, device=device)  # (S,) key positions
         mask = k <= q  # (T, S) causal
-        if self.pad_lens is None:
-            return mask
-        real = k >= self.pad_lens.view(-1, 1, 1)  # (B, 1, S)
-        return ((mask & real) | (k == q)).unsqueeze(1)  # (B, 1, T, S); a pad query sees itself: no NaN rows
+        if self.pad_lens is not None:
+            real = k >= self.pad_lens.view(-1, 1, 1)  # (B, 1, S)
+            mask = ((mask & real) | (k == q)).unsqueeze(1)  # (B, 1, T, S); a pad query sees itself: no NaN rows
+        return mask
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -218,19 +215,17 @@ class TransformerLanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())  # a tied head counts once
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B), N = the parameters that take
-        part in matmuls: all but the position table and an untied token table (lookups)."""
+        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B), N = the parameters in matmuls."""
         c = self.config
-        N = self.num_parameters() - self.transformer.wpe.weight.numel()
-        if not c.tie_embeddings:
+        N = self.num_parameters() - self.transformer.wpe.weight.numel()  # the position table is a lookup
+        if not c.tie_embeddings:  # an untied token table is a lookup too (a tied one is the head: a matmul)
             N -= self.transformer.wte.weight.numel()
         return 6 * N + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * (seq_len or c.block_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, last_only: bool = False,
                 loss_chunk_size: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(logits, loss): logits (B, T, vocab_size), or (B, 1, vocab_size) with last_only; the loss skips
-        IGNORE_INDEX targets. With targets and loss_chunk_size > 0, logits are None (chunked_cross_entropy)."""
+        """(logits, loss): logits (B, T, vocab_size), (B, 1, vocab_size) with last_only, None if the loss is chunked."""
         B, T = idx.size()
         start = 0 if kv_cache is None else kv_cache.pos
         if kv_cache is not None and start + T > kv_cache.max_len:
@@ -257,16 +252,14 @@ class TransformerLanguageModel(nn.Module):
         return logits, F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Also takes torch.compile/DDP dicts (`_orig_mod.`, `module.`), tied dicts without lm_head.weight,
-        and embeddings of exactly vocab_size rows (padded here)."""
+        """Also takes torch.compile/DDP dicts, tied dicts without lm_head.weight and unpadded embeddings."""
         sd = {".".join(p for p in k.split(".") if p not in ("_orig_mod", "module")): v for k, v in state_dict.items()}
-        if self.config.tie_embeddings and "lm_head.weight" not in sd and "transformer.wte.weight" in sd:
-            sd["lm_head.weight"] = sd["transformer.wte.weight"]
-        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
-        for key in ("transformer.wte.weight", "lm_head.weight"):
-            w = sd.get(key)
-            if w is not None and w.dim() == 2 and w.size(0) == V and V != Vp:
-                sd[key] = torch.cat([w, w.new_zeros(Vp - V, w.size(1))])
+        if self.config.tie_embeddings and "transformer.wte.weight" in sd:
+            sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
+        V = self.config.vocab_size
+        for key in ("transformer.wte.weight", "lm_head.weight"):  # vocab_size rows (an HF import): add zero rows
+            if key in sd and sd[key].dim() == 2 and sd[key].size(0) == V:
+                sd[key] = F.pad(sd[key], (0, 0, 0, self.config.padded_vocab_size - V))  # (padded V, C)
         return super().load_state_dict(sd, strict=strict, assign=assign)
 
     def write_weights(self, folder: str | os.PathLike) -> None:
@@ -292,32 +285,20 @@ class TransformerLanguageModel(nn.Module):
         folder = resolve_checkpoint_dir(path)
         config_path, raw = folder / CONFIG_NAME, read_config_json(folder)
         if is_hf_config(raw):
-            raise UserError(f"{folder} is a HuggingFace GPT-2 folder (its config.json has model_type/n_positions), not "
-                            f"our checkpoint; load it with import_hf.load_model(path) (or convert it once: python "
-                            f"import_hf.py --hf_dir {folder} --out_dir NEW_DIR)")
+            raise UserError(f"{folder} is a HuggingFace GPT-2 folder, not ours: load it with import_hf.load_model(path)"
+                            f" or convert it once (python import_hf.py --hf_dir {folder} --out_dir NEW_DIR)")
         model = cls(GPTConfig.from_dict(raw, source=str(config_path)))
         try:
             model.load_state_dict(load_weights_file(folder))
-        except RuntimeError as e:
-            detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln
-                           or "Unexpected" in ln), first_line(e))
-            raise UserError(f"weights in {folder} do not match {config_path} ({detail[:200]}); "
+        except RuntimeError as e:  # PyTorch's message lists every missing, unexpected or mis-shaped tensor
+            raise UserError(f"weights in {folder} do not match {config_path} ({' '.join(str(e).split())[:250]}); "
                             f"use the config.json saved with these weights") from None
         return model
 
 
 def read_config_json(folder: Path) -> dict[str, Any]:
-    """folder/config.json as a dict (ours or HuggingFace's); one-line UserError when it is not one."""
-    path = folder / CONFIG_NAME
-    raw = read_json(path, "model config", fix="use an earlier checkpoint, or the config.json saved with these weights")
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} holds a {type(raw).__name__}, not a model config object; "
-                        f"use the config.json saved with the weights")
-    return raw
-
-
-def is_hf_config(raw: Any) -> bool:
-    return isinstance(raw, dict) and ("model_type" in raw or "n_positions" in raw)  # GPTConfig has neither key
+    """folder/config.json (ours or HuggingFace's) as a dict; one-line UserError when it is not one."""
+    return read_json(folder / CONFIG_NAME, "model config", "use an earlier checkpoint or the weights' config.json")
 
 
 def load_weights_file(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -334,14 +315,12 @@ def load_weights_file(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def chunked_cross_entropy(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
                           vocab_size: int, chunk_size: int) -> torch.Tensor:
-    """Mean cross-entropy (skipping IGNORE_INDEX) of hidden @ head_weight.T, chunk by chunk. Each
-    chunk's logits are recomputed in backward (checkpoint), so peak memory holds one chunk."""
+    """Mean cross-entropy (skipping IGNORE_INDEX) of hidden @ head_weight.T, one chunk of rows at a time."""
     def chunk_loss_sum(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         logits = (h @ w.t())[:, :vocab_size].float()  # (chunk, V)
         return F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.size(0), chunk_size):
-        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        total = total + checkpoint(chunk_loss_sum, h, head_weight, t, use_reentrant=False)
+    # checkpoint: backward recomputes each chunk's logits, so peak memory holds one chunk's, not all of them
+    total = sum(checkpoint(chunk_loss_sum, h, head_weight, t, use_reentrant=False)
+                for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)))
     return total / (targets != IGNORE_INDEX).sum().clamp_min(1)

@@ -23,7 +23,7 @@ except ImportError:  # Windows: no flock, so no cleanup of other runs' leftovers
     fcntl = None
 
 def temp_file_pattern(path: Path) -> re.Pattern:
-    """The names common.temp_file_beside(path) makes (mkstemp adds 8 characters of [a-z0-9_])."""
+    """The names common.temp_file_beside(path) makes: 8 hex digits (older runs, through mkstemp: [a-z0-9_])."""
     return re.compile(rf"\.tmp-{re.escape(path.name)}\.[a-z0-9_]{{8}}")
 
 

@@ -173,8 +173,8 @@ def find_checkpoint(ckdir: Path, say: Callable[[str], None]) -> Checkpoint | Non
 
 def write_checkpoint(ckdir: Path, name: str, model: torch.nn.Module, tokenizer_file: str,
                      training_state: dict, trainer_state: dict) -> Path:
-    """Build ckdir/.tmp-NAME-PID, then rename it to ckdir/NAME: never a half folder."""
-    with atomic_dir(ckdir / name, tmp=ckdir / f".tmp-{name}-{os.getpid()}") as tmp:
+    """Build ckdir/.tmp-NAME-XXXXXXXX, then rename it to ckdir/NAME: never a half folder."""
+    with atomic_dir(ckdir / name) as tmp:
         unwrap_model(model).write_weights(tmp)  # CPU tensors: the seed's torch.load (no map_location) reads them
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
         torch.save(training_state, tmp / "training_state.pt")
