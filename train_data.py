@@ -54,8 +54,7 @@ def check_token_files(bin_file: str, metadata_file: str | None, tokenizer_file: 
               f"of {tok_vocab}) without checking it against the tokenizer", file=sys.stderr, flush=True)
         return TokenFile(path, dtype, size // dtype.itemsize)
     meta = read_json(metadata_file, "--metadata_file")
-    missing = [k for k in ("dtype", "num_tokens", "vocab_size", "tokenizer_sha256")
-               if not isinstance(meta, dict) or k not in meta]  # a list or a number lacks them all
+    missing = [k for k in ("dtype", "num_tokens", "vocab_size", "tokenizer_sha256") if k not in meta]
     if missing:
         raise UserError(f"--metadata_file {metadata_file} lacks {missing}; regenerate it with tokenize_local_bpe.py")
     num_tokens, vocab = meta["num_tokens"], meta["vocab_size"]
@@ -102,7 +101,7 @@ def plan_splits(tf: TokenFile, val_bin_file: str | None, val_fraction: float, T:
                             f"{T + 1}, of {tf.dtype.name} tokens (the training file's dtype)")
         meta_path = metadata_beside(path)
         meta = read_json(meta_path, "validation metadata") if meta_path else {}
-        own = isinstance(meta, dict) and meta.get("num_tokens") == n  # bytes only from its own metadata
+        own = meta.get("num_tokens") == n  # bytes only from its own metadata
         val = Split(TokenFile(path, tf.dtype, int(n), meta.get("num_bytes") if own else None), 0, int(n))
     elif val_fraction > 0:
         n_train = max(0, tf.num_tokens - max(int(tf.num_tokens * val_fraction), T + 1))  # at least one window held out
