@@ -286,8 +286,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     micro_batch = args.micro_batch_size or per_rank // (args.grad_accum_steps or 1)
     loss_chunk = args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0)
     dtype, dtype_why = choose_dtype(args.dtype, device, config, micro_batch * T)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-    amp = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # around each forward
+    amp = torch.autocast(device.type, torch.bfloat16 if dtype == "bf16" else torch.float16, enabled=dtype != "fp32")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -54,13 +54,13 @@ def build_optimizers(model: TransformerLanguageModel, optimizer: str, lr: float,
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float, schedule: str = "cosine",
           decay_start: int = 0, decay_steps: int = 0) -> float:
-    """The learning rate at 0-based `step`: linear warmup, then cosine to min_lr at `total`, or for wsd
-    (warmup-stable-decay) lr until `decay_start`, then linear to min_lr over `decay_steps` (0: not begun)."""
+    """The learning rate at 0-based `step`: linear warmup, then cosine to min_lr at `total`, or WSD."""
     if step < warmup:
         return lr * (step + 1) / warmup
     if schedule == "cosine":
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+    # WSD (warmup-stable-decay): lr until `decay_start`, then linear to min_lr over `decay_steps` (0: not begun)
     if not decay_steps or step < decay_start:
         return lr
     return lr + (min_lr - lr) * min(1.0, (step - decay_start) / max(1, decay_steps))
@@ -82,8 +82,7 @@ def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss
                      amp: torch.autocast, scaler: torch.amp.GradScaler, ranks: Ranks) -> tuple[torch.Tensor, int]:
     """Gradients of the batch's mean token loss over micro-batches; returns this rank's loss sum, all ranks' targets."""
     device = next(model.parameters()).device
-    x = batch.x.to(device, non_blocking=True)  # (rows, T)
-    y = batch.y.to(device, non_blocking=True)  # (rows, T)
+    x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)  # (rows, T) each
     n_total = int((batch.y != IGNORE_INDEX).sum())
     if ranks.world_size > 1:  # the targets of every rank (they differ with --loss_on assistant)
         n_total = int(all_reduce(torch.tensor(n_total, dtype=torch.float64, device=device)).item())
