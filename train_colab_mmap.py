@@ -309,10 +309,10 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
         if not (args.micro_batch_size or args.grad_accum_steps):  # the size that fitted last time
             micro_batch = min(progress.micro_batch_size, per_rank)
         progress.micro_batch_size = micro_batch
+    metrics = None  # rank 0 alone writes files
     if ranks.is_main:
         ckdir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(ckdir, say, progress.step if resume else None, vars(args), args.wandb,
-                         args.tensorboard) if ranks.is_main else None
+        metrics = MetricsLog(ckdir, say, progress.step if resume else None, vars(args), args.wandb, args.tensorboard)
     if val_source is not None:  # fixed by the first run: every evaluation (and `best`) sees the same windows
         progress.eval_windows = progress.eval_windows or args.eval_batches * progress.micro_batch_size
         eval_ids = eval_windows(num_windows(len(val_source), T), progress.eval_windows)
@@ -467,8 +467,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 if val is not None:  # None: no target in the validation windows
                     improved = progress.best_val_loss is None or val < progress.best_val_loss
                     progress.val_loss, progress.val_bpb = val, val * nats_to_bpb if nats_to_bpb else None
-                    if improved:
-                        progress.best_val_loss = val
+                    progress.best_val_loss = val if improved else progress.best_val_loss
                     if metrics:
                         metrics.write({"step": progress.step, "tokens": progress.tokens_seen, "val_loss": val,
                                        "val_bpb": progress.val_bpb, "train_loss": progress.train_loss})
