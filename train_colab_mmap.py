@@ -1,13 +1,6 @@
-"""Train GPT-2 on a pre-tokenized .bin: memmap or RAM data, AMP, torch.compile, atomic checkpoints,
-exact resume, and DDP through torchrun. The seed's command works as written:
-
-    python train_colab_mmap.py --bin_file tokens_bpe.bin --tokenizer_file bpe_tokenizer.json \\
-        --metadata_file tokens_bpe_metadata.json --model_size gpt2_small --batch_size 64 \\
-        --epochs 10 --use_gpu --checkpoint_dir checkpoints
-
-Running the same command again resumes from checkpoints/latest. `torchrun --nproc_per_node N
-train_colab_mmap.py ...` trains on N devices; --batch_size stays the global batch.
-"""
+"""Train GPT-2 on a pre-tokenized .bin: memmap or RAM data, AMP, torch.compile, atomic checkpoints, exact resume
+(the same command again resumes from --checkpoint_dir/latest); the seed's command works as written (README).
+`torchrun --nproc_per_node N train_colab_mmap.py ...` trains on N devices; --batch_size stays the global batch."""
 from __future__ import annotations
 
 import argparse
@@ -158,9 +151,8 @@ def choose_dtype(requested: str, device: torch.device, config: GPTConfig, rows: 
     return "bf16" if speedup >= 1.1 else "fp32", f"measured: bf16 matmuls run {speedup:.2f}x fp32 at these model shapes"
 
 
-def find_resume_point(args: argparse.Namespace, ranks: Ranks, say) -> tuple[Path, Checkpoint | None]:
-    """--checkpoint_dir, tidied after a save cut off midway, and the checkpoint to resume from, if any."""
-    ckdir = Path(args.checkpoint_dir)
+def find_resume(ckdir: Path, args: argparse.Namespace, ranks: Ranks, say) -> Checkpoint | None:
+    """The checkpoint to resume from, if any, once a save cut off midway in --checkpoint_dir is tidied up."""
     if ckdir.exists() and not ckdir.is_dir():
         raise UserError(f"--checkpoint_dir {ckdir} is a file; pass a folder")
     if ranks.is_main and ckdir.is_dir():
@@ -168,16 +160,16 @@ def find_resume_point(args: argparse.Namespace, ranks: Ranks, say) -> tuple[Path
     if ranks.world_size > 1:
         dist.barrier()
     if args.resume == "auto":
-        return ckdir, find_checkpoint(ckdir, say)
+        return find_checkpoint(ckdir, say)
     if args.resume != "never":
         folder = resolve_checkpoint_dir(args.resume)
         try:
-            return ckdir, read_checkpoint(folder)
+            return read_checkpoint(folder)
         except ValueError as e:
             raise UserError(f"--resume {args.resume}: {folder} is unusable: {e}") from None
     if ckdir.is_dir() and list_checkpoints(ckdir):
         say(f"warning: --resume never: {ckdir} already holds checkpoints; same-named step folders will be replaced")
-    return ckdir, None
+    return None
 
 
 def model_config(args: argparse.Namespace, vocab: int, resume: Checkpoint | None, say) -> tuple[GPTConfig, dict | None]:
@@ -224,13 +216,14 @@ def choose_optimizer(requested: str | None, resume: Checkpoint | None, say) -> s
     if saved and requested not in (None, saved):
         raise UserError(f"{resume.folder} was trained with --optimizer {saved}, this run asks for --optimizer "
                         f"{requested}: pass --optimizer {saved}, another --checkpoint_dir, or --resume never")
-    if (saved or requested or "muon") == "muon" and not hasattr(torch.optim, "Muon"):
+    name = saved or requested or "muon"
+    if name == "muon" and not hasattr(torch.optim, "Muon"):
         if saved or requested:
             raise UserError(f"--optimizer muon needs torch.optim.Muon (torch >= 2.9; this is {torch.__version__}): "
                             f"upgrade torch or pass --optimizer adamw")
         say(f"note: torch {torch.__version__} has no torch.optim.Muon: training with AdamW")
         return "adamw"
-    return saved or requested or "muon"
+    return name
 
 
 def wrap_model(model: TransformerLanguageModel, use_compile: bool, ranks: Ranks, device: torch.device):
@@ -268,7 +261,8 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     tokenizer = load_tokenizer(args.tokenizer_file)
     V = tokenizer.vocab_size
     token_file = check_token_files(args.bin_file, args.metadata_file, args.tokenizer_file, V)
-    ckdir, resume = find_resume_point(args, ranks, say)
+    ckdir = Path(args.checkpoint_dir)
+    resume = find_resume(ckdir, args, ranks, say)
     config, init_weights = model_config(args, V, resume, say)
     T, B, per_rank = config.block_size, args.batch_size, args.batch_size // ranks.world_size
     train_split, val_split = plan_splits(token_file, args.val_bin_file, args.val_fraction, T, B)
@@ -292,7 +286,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     micro_batch = args.micro_batch_size or per_rank // (args.grad_accum_steps or 1)
     loss_chunk = args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0)
     dtype, dtype_why = choose_dtype(args.dtype, device, config, micro_batch * T)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    amp = torch.autocast(device.type, torch.bfloat16 if dtype == "bf16" else torch.float16, enabled=dtype != "fp32")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -308,23 +302,22 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     if ranks.rank > 0:
         torch.manual_seed(args.seed + ranks.rank)  # dropout differs per rank
     optimizers = build_optimizers(model, optimizer_name, lr, min_lr, muon_lr, args.weight_decay, device.type)
-    scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")  # fp16 only; disabled, its calls do nothing
     progress = Progress(micro_batch_size=micro_batch)
     if resume is not None:
         restore_checkpoint(resume, model, optimizers, scaler, progress, ranks, device, args.seed)
         if not (args.micro_batch_size or args.grad_accum_steps):  # the size that fitted last time
             micro_batch = min(progress.micro_batch_size, per_rank)
         progress.micro_batch_size = micro_batch
+    metrics = None  # rank 0 alone writes files
     if ranks.is_main:
         ckdir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(ckdir, say, progress.step if resume else None, vars(args), args.wandb,
-                         args.tensorboard) if ranks.is_main else None
+        metrics = MetricsLog(ckdir, say, progress.step if resume else None, vars(args), args.wandb, args.tensorboard)
     if val_source is not None:  # fixed by the first run: every evaluation (and `best`) sees the same windows
         progress.eval_windows = progress.eval_windows or args.eval_batches * progress.micro_batch_size
         eval_ids = eval_windows(num_windows(len(val_source), T), progress.eval_windows)
-    # bits per byte = nats per token / ln 2 x tokens per byte: a measure that does not depend on the tokenizer
-    nats_to_bpb = len(val_split) / split_bytes(val_split, tokenizer) / math.log(2) if (
-        val_split and ranks.is_main) else None
+        # bits per byte = nats per token / ln 2 x tokens per byte: a measure that does not depend on the tokenizer
+        nats_to_bpb = len(val_split) / split_bytes(val_split, tokenizer) / math.log(2) if ranks.is_main else None
     fwd = wrap_model(model, use_compile, ranks, device)
     compile_verified = not use_compile  # set once a compiled step has run (a failure falls back to eager)
     peak, flops_per_token = peak_flops(device), model.flops_per_token(T)
@@ -360,6 +353,9 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                         args.keep_last, ("latest", *pointers))
         last_save = time.time()
 
+    def every(n: int) -> bool:  # n: a --*_every_steps flag, 0 when off
+        return n > 0 and progress.step % n == 0
+
     # ------------------------------------------------------------------ the training loop
     session_start = last_save = last_log = time.time()
     wall_before, session_steps, log_tokens, bad_streak, exit_code = progress.wall_time_s, 0, 0, 0, 0
@@ -370,7 +366,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
         try:
             if ranks.world_size > 1:  # find a micro-batch that fits on every rank before step 1
                 progress.micro_batch_size = probe_micro_batch(fwd, batches.next(), progress.micro_batch_size,
-                                                              optimizers, loss_chunk, amp_dtype, say)
+                                                              optimizers, loss_chunk, amp, say)
                 batches.close()
                 batches = open_batches()
             while progress.step < total_steps:
@@ -382,16 +378,14 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                         if progress.step > 0:
                             save("decay_start")  # the state before the decay: extending the run starts here
                         progress.decay_start, progress.decay_steps = progress.step, end - progress.step
-                decay_end = progress.decay_start + progress.decay_steps
-                end = decay_end if args.max_minutes and progress.step < decay_end else total_steps
                 batch = batches.next()
 
                 # forward and backward; out of memory halves the micro-batch and redoes the step
                 rng = capture_rng(device)
                 while True:
                     try:
-                        loss_sum, n_targets = forward_backward(fwd, batch, progress.micro_batch_size, loss_chunk,
-                                                               amp_dtype, scaler, ranks, mask is not None)
+                        loss_sum, n_targets = forward_backward(fwd, batch, progress.micro_batch_size, loss_chunk, amp,
+                                                               scaler, ranks)
                         break
                     except Exception as e:  # noqa: BLE001 - anything else is raised again just below
                         if not is_oom(e) and compile_verified:
@@ -408,26 +402,24 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 compile_verified = True
 
                 # the optimizer step, skipped when the loss or the gradients are not finite
-                if scaler is not None:  # clip the true gradients, not the scaled ones
-                    for opt in optimizers:
-                        scaler.unscale_(opt)
+                for opt in optimizers:
+                    scaler.unscale_(opt)  # fp16: clip the true gradients, not the scaled ones
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
                 if ranks.world_size > 1:
                     dist.all_reduce(loss_sum)
                 loss, grad_norm = torch.stack([loss_sum.float(), grad_norm.detach().float().to(device)]).tolist()
                 loss /= max(n_targets, 1)
-                finite = math.isfinite(loss) and (scaler is not None or math.isfinite(grad_norm))
+                # fp16 gradients overflow now and then: the scaler skips those steps and lowers its scale
+                finite = math.isfinite(loss) and (scaler.is_enabled() or math.isfinite(grad_norm))
                 for opt in optimizers:
                     for group in opt.param_groups:
                         group["lr"] = progress.lr_scale * lr_at(progress.step, total_steps, warmup, group["peak_lr"],
                                                                 group["min_lr"], schedule, progress.decay_start,
                                                                 progress.decay_steps)
                     if finite:
-                        scaler.step(opt) if scaler is not None else opt.step()
-                if scaler is not None:
-                    scaler.update()  # lowers the scale after an overflow; valid without step() after unscale_()
-                for opt in optimizers:
+                        scaler.step(opt)  # opt.step(), unless fp16 gradients overflowed
                     opt.zero_grad(set_to_none=True)
+                scaler.update()  # fp16: lowers the scale after an overflow; valid without step() after unscale_()
                 progress.step, progress.tokens_seen = progress.step + 1, progress.tokens_seen + B * T
                 progress.epoch, progress.offset = batch.epoch, batch.offset
                 session_steps, log_tokens = session_steps + 1, log_tokens + B * T
@@ -457,8 +449,10 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 if ranks.world_size > 1:  # a signal may reach one rank only; rank 0 keeps the time
                     flags = (all_reduce(torch.tensor(flags, dtype=torch.float32, device=device)) > 0).tolist()
                 signalled, time_up, save_due = flags
-                last = progress.step >= end or signalled or time_up
-                if finite and (progress.step % args.log_every_steps == 0 or last or progress.step == 1):
+                # with --max_minutes, the run also ends where its decay ends: where the time left was planned to
+                last = signalled or time_up or progress.step >= total_steps or (
+                    args.max_minutes is not None and progress.step == progress.decay_start + progress.decay_steps)
+                if finite and (every(args.log_every_steps) or last or progress.step == 1):
                     tokens_per_sec = log_tokens / max(now - last_log, 1e-9)
                     mfu = tokens_per_sec / ranks.world_size * flops_per_token / peak if peak else None
                     if metrics:
@@ -467,22 +461,20 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                     bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | MFU "
                                         f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", refresh=False)
                     log_tokens, last_log = 0, now
-                paused, improved = time.time(), False  # evaluation and saving are left out of tokens/s
-                eval_due = args.eval_every_steps and progress.step % args.eval_every_steps == 0
-                val = evaluate(model, val_source, eval_ids, progress.micro_batch_size, mask, loss_chunk, amp_dtype,
-                               ranks) if val_source is not None and (eval_due or epoch_end or last) else None
-                if val is not None:
+                paused, improved, val = time.time(), False, None  # evaluation and saving are left out of tokens/s
+                if val_source is not None and (every(args.eval_every_steps) or epoch_end or last):
+                    val = evaluate(model, val_source, eval_ids, progress.micro_batch_size, mask, loss_chunk, amp, ranks)
+                if val is not None:  # None: no target in the validation windows
                     improved = progress.best_val_loss is None or val < progress.best_val_loss
-                    progress.val_loss, progress.best_val_loss = val, min(val, progress.best_val_loss or val)
-                    progress.val_bpb = val * nats_to_bpb if nats_to_bpb else None
+                    progress.val_loss, progress.val_bpb = val, val * nats_to_bpb if nats_to_bpb else None
+                    progress.best_val_loss = val if improved else progress.best_val_loss
                     if metrics:
                         metrics.write({"step": progress.step, "tokens": progress.tokens_seen, "val_loss": val,
                                        "val_bpb": progress.val_bpb, "train_loss": progress.train_loss})
                         metrics.plot()
                     say(f"step {progress.step}: train loss {fmt(progress.train_loss)}, val loss {val:.4f}, "
                         f"val bpb {fmt(progress.val_bpb)}{' (best)' if improved else ''}")
-                if improved or epoch_end or last or save_due or (
-                        args.save_every_steps and progress.step % args.save_every_steps == 0):
+                if improved or epoch_end or last or save_due or every(args.save_every_steps):
                     save(*(["best"] if improved else []))
                 last_log += time.time() - paused
                 if signalled or time_up:

@@ -1,7 +1,6 @@
-"""What the training loop calls: the optimizers (AdamW, or Muon for the matrices inside the blocks),
-the learning-rate schedules, forward and backward over micro-batches, evaluation, the bf16 probe, and
-the failure handling (out-of-memory halving, NaN rollback, signals).
-"""
+"""What the training loop calls: the optimizers (AdamW, or Muon for the matrices inside the blocks), the learning-rate
+schedules, forward and backward over micro-batches, evaluation, the bf16 probe, and the failure handling (out-of-memory
+halving, NaN rollback, signals)."""
 from __future__ import annotations
 
 import contextlib
@@ -55,23 +54,19 @@ def build_optimizers(model: TransformerLanguageModel, optimizer: str, lr: float,
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float, schedule: str = "cosine",
           decay_start: int = 0, decay_steps: int = 0) -> float:
-    """The learning rate at 0-based `step`: linear warmup, then cosine to min_lr at `total`, or for wsd
-    (warmup-stable-decay) lr until `decay_start`, then linear to min_lr over `decay_steps` (0: not begun)."""
+    """The learning rate at 0-based `step`: linear warmup, then cosine to min_lr at `total`, or WSD."""
     if step < warmup:
         return lr * (step + 1) / warmup
     if schedule == "cosine":
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+    # WSD (warmup-stable-decay): lr until `decay_start`, then linear to min_lr over `decay_steps` (0: not begun)
     if not decay_steps or step < decay_start:
         return lr
     return lr + (min_lr - lr) * min(1.0, (step - decay_start) / max(1, decay_steps))
 
 
 # ---------------------------------------------------------------------------- forward and backward
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
 
 def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_valid: int, loss_chunk: int) -> torch.Tensor:
     """Sum (not mean) of a micro-batch's token losses: micro-batches of any size add up to the batch's loss."""
@@ -84,28 +79,23 @@ def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_valid: int, l
 
 
 def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss_chunk: int,
-                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, ranks: Ranks,
-                     masked: bool) -> tuple[torch.Tensor, int]:
+                     amp: torch.autocast, scaler: torch.amp.GradScaler, ranks: Ranks) -> tuple[torch.Tensor, int]:
     """Gradients of the batch's mean token loss over micro-batches; returns this rank's loss sum, all ranks' targets."""
     device = next(model.parameters()).device
-    x = batch.x.to(device, non_blocking=True)  # (rows, T)
-    y = batch.y.to(device, non_blocking=True)  # (rows, T)
+    x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)  # (rows, T) each
     n_total = int((batch.y != IGNORE_INDEX).sum())
-    if ranks.world_size > 1 and masked:  # masked rows differ per rank: count them all
+    if ranks.world_size > 1:  # the targets of every rank (they differ with --loss_on assistant)
         n_total = int(all_reduce(torch.tensor(n_total, dtype=torch.float64, device=device)).item())
-    else:  # every rank has the same count
-        n_total *= ranks.world_size
     scale = ranks.world_size / max(n_total, 1)  # DDP averages over ranks: this turns it into sum / n_total
     loss = torch.zeros((), device=device)
     for s in range(0, x.size(0), micro_batch_size):
         last = s + micro_batch_size >= x.size(0)
         # DDP all-reduces gradients at every backward; only the last micro-batch needs it
         with model.no_sync() if ranks.world_size > 1 and not last else contextlib.nullcontext():
-            with autocast(device, amp_dtype):
+            with amp:
                 rows = slice(s, s + micro_batch_size)
                 micro_loss = loss_sum(model, x[rows], y[rows], int((batch.y[rows] != IGNORE_INDEX).sum()), loss_chunk)
-            scaled = micro_loss * scale
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            scaler.scale(micro_loss * scale).backward()  # scaled up only for fp16, against underflow
         loss += micro_loss.detach().float()
     return loss, n_total
 
@@ -117,7 +107,7 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source: TokenSource, window_ids: np.ndarray, micro_batch_size: int,
-             mask, loss_chunk: int, amp_dtype: torch.dtype | None, ranks: Ranks) -> float | None:
+             mask, loss_chunk: int, amp: torch.autocast, ranks: Ranks) -> float | None:
     """Mean token loss over the given validation windows (each rank takes every world_size-th)."""
     device = next(model.parameters()).device
     T, V = model.config.block_size, model.config.vocab_size
@@ -127,7 +117,7 @@ def evaluate(model: nn.Module, source: TokenSource, window_ids: np.ndarray, micr
     for s in range(0, len(ids), micro_batch_size):
         x, y = make_batch(source, ids[s:s + micro_batch_size] * T, T, V, mask)
         n = int((y != IGNORE_INDEX).sum())
-        with autocast(device, amp_dtype):
+        with amp:
             ls = loss_sum(model, torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), n, loss_chunk)
         total += torch.stack([ls.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
     if ranks.world_size > 1:
@@ -149,15 +139,15 @@ def probe_bf16_speedup(config: GPTConfig, rows: int) -> float:
     tensors = [(torch.randn(rows, i, generator=gen, requires_grad=True),
                 (torch.randn(o, i, generator=gen) * 0.02).requires_grad_()) for i, o in shapes]
 
-    def seconds(dtype: torch.dtype | None) -> float:
+    def seconds(bf16: bool) -> float:
         t0 = time.perf_counter()
-        with autocast(torch.device("cpu"), dtype):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for x, w in tensors:
                 F.linear(x, w).sum().backward()
         return time.perf_counter() - t0
 
     # alternate the two, best of three after a warm-up each: another busy process slows both alike
-    times = [(seconds(None), seconds(torch.bfloat16)) for _ in range(4)][1:]
+    times = [(seconds(False), seconds(True)) for _ in range(4)][1:]
     return min(t for t, _ in times) / min(t for _, t in times)
 
 
@@ -191,9 +181,9 @@ def halved_micro_batch(micro: int, per_rank: int, block_size: int, dtype: str, r
 
 
 def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: list[torch.optim.Optimizer],
-                      loss_chunk: int, amp_dtype: torch.dtype | None, say) -> int:
-    """DDP only: the largest micro-batch (halving from `micro`) whose forward/backward fits on every rank,
-    found before step 1: an out-of-memory inside a synchronised backward would hang the other ranks."""
+                      loss_chunk: int, amp: torch.autocast, say) -> int:
+    """DDP only: the largest micro-batch (halving from `micro`) whose forward/backward fits on every rank."""
+    # found before step 1 because an out-of-memory inside a synchronised backward would hang the other ranks
     device = next(model.parameters()).device
     # AdamW allocates its two moments at the first step, after this probe: on a fresh start, hold that
     # much memory while probing so that the step that follows fits too
@@ -202,7 +192,7 @@ def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: li
     while True:
         fits, rng = 1.0, capture_rng(device)  # dropout draws in the probe must not shift training's
         try:
-            with model.no_sync(), autocast(device, amp_dtype):
+            with model.no_sync(), amp:
                 x, y = batch.x[:micro].to(device), batch.y[:micro].to(device)
                 loss_sum(model, x, y, int((batch.y[:micro] != IGNORE_INDEX).sum()), loss_chunk).backward()
         except Exception as e:  # noqa: BLE001 - only an out-of-memory is an answer here
@@ -246,8 +236,8 @@ class StopSignals:
 
 def roll_back(ckdir: Path, model, optimizers, scaler, progress: Progress, ranks: Ranks, device: torch.device,
               max_rollbacks: int, seed: int, lr: float, bad_streak: int, metrics: MetricsLog | None, say) -> None:
-    """After --nan_patience non-finite steps in a row: back to the newest checkpoint with the
-    learning rate halved, at most --max_rollbacks times; then stop with advice."""
+    """After --nan_patience non-finite steps in a row: back to the newest checkpoint with the learning rate halved."""
+    # at most --max_rollbacks times; then stop with advice
     found = find_checkpoint(ckdir, say) if progress.rollbacks < max_rollbacks else None
     if found is None:
         raise UserError(f"the loss was NaN/inf for {bad_streak} steps in a row at step {progress.step} after "
@@ -267,8 +257,8 @@ def roll_back(ckdir: Path, model, optimizers, scaler, progress: Progress, ranks:
 
 def planned_end(total_steps: int, step: int, session_steps: int, session_start: float,
                 max_minutes: float | None) -> int:
-    """The step the run will end at: total_steps, or earlier when --max_minutes will stop it first
-    (from this session's measured seconds per step, once a few steps have run)."""
+    """The step the run will end at: total_steps, or earlier when --max_minutes will stop it first."""
+    # from this session's measured seconds per step, once a few steps have run
     if max_minutes is None or session_steps < 3:
         return total_steps
     elapsed = time.time() - session_start
