@@ -77,7 +77,7 @@ def save_checkpoint(ckdir: Path, model: torch.nn.Module, optimizers: list, scale
     if ranks.is_main:
         state = {"format_version": 1, "progress": asdict(progress), "optimizer": optimizers[0].state_dict(),
                  "muon": optimizers[1].state_dict() if len(optimizers) > 1 else {},
-                 "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rngs,
+                 "scaler": scaler.state_dict(), "rng": rngs,  # {} unless fp16
                  "world_size": ranks.world_size}
         name = f"step_{progress.step:08d}"
         try:
@@ -102,7 +102,7 @@ def restore_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module, optimizer
         opt.load_state_dict(saved)  # also loads the saved param-group settings: keep this run's rates
         for g, (peak, low) in zip(opt.param_groups, rates):
             g["peak_lr"], g["min_lr"] = peak, low
-    if scaler is not None and state.get("scaler"):
+    if state.get("scaler"):  # fp16 runs only
         scaler.load_state_dict(state["scaler"])
     for f in fields(Progress):
         setattr(progress, f.name, state["progress"].get(f.name, f.default))
