@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -286,7 +287,8 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
     micro_batch = args.micro_batch_size or per_rank // (args.grad_accum_steps or 1)
     loss_chunk = args.loss_chunk_size if args.loss_chunk_size >= 0 else (2048 if V >= 8192 else 0)
     dtype, dtype_why = choose_dtype(args.dtype, device, config, micro_batch * T)
-    amp = torch.autocast(device.type, torch.bfloat16 if dtype == "bf16" else torch.float16, enabled=dtype != "fp32")
+    amp = contextlib.nullcontext() if dtype == "fp32" else torch.autocast(  # (older torch has no MPS autocast)
+        device.type, torch.bfloat16 if dtype == "bf16" else torch.float16)
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -79,7 +79,8 @@ def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_valid: int, l
 
 
 def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss_chunk: int,
-                     amp: torch.autocast, scaler: torch.amp.GradScaler, ranks: Ranks) -> tuple[torch.Tensor, int]:
+                     amp: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler,
+                     ranks: Ranks) -> tuple[torch.Tensor, int]:
     """Gradients of the batch's mean token loss over micro-batches; returns this rank's loss sum, all ranks' targets."""
     device = next(model.parameters()).device
     x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)  # (rows, T) each
@@ -107,7 +108,7 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source: TokenSource, window_ids: np.ndarray, micro_batch_size: int,
-             mask, loss_chunk: int, amp: torch.autocast, ranks: Ranks) -> float | None:
+             mask, loss_chunk: int, amp: contextlib.AbstractContextManager, ranks: Ranks) -> float | None:
     """Mean token loss over the given validation windows (each rank takes every world_size-th)."""
     device = next(model.parameters()).device
     T, V = model.config.block_size, model.config.vocab_size
@@ -181,7 +182,7 @@ def halved_micro_batch(micro: int, per_rank: int, block_size: int, dtype: str, r
 
 
 def probe_micro_batch(model: nn.Module, batch: Batch, micro: int, optimizers: list[torch.optim.Optimizer],
-                      loss_chunk: int, amp: torch.autocast, say) -> int:
+                      loss_chunk: int, amp: contextlib.AbstractContextManager, say) -> int:
     """DDP only: the largest micro-batch (halving from `micro`) whose forward/backward fits on every rank."""
     # found before step 1 because an out-of-memory inside a synchronised backward would hang the other ranks
     device = next(model.parameters()).device
