@@ -59,7 +59,8 @@ def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], sam
     """One token per row of `logits` (N, V), row i drawn from generators[i]; `seen` (N, V) marks each row's ids."""
     logits, penalty = logits.float(), sampling.repetition_penalty
     if penalty != 1.0 and seen is not None:  # CTRL: seen positive logits divided, negative multiplied
-        logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(seen, penalised, logits)
     if sampling.temperature == 0:
         return logits.argmax(dim=-1).tolist()
     logits = logits / sampling.temperature
