@@ -128,8 +128,8 @@ def generate_steps(model: nn.Module, prompts: Sequence[Sequence[int]], sampling:
     seen = None  # (N, limit) bool: the ids each row holds, for the repetition penalty
     if sampling.repetition_penalty != 1.0:
         seen = torch.zeros(len(rows), limit, dtype=torch.bool, device=device)
-        for r, row_seen in zip(rows, seen):
-            row_seen[r.ids] = True  # the prompt's ids once; each step then adds only the new ids
+        for i, r in enumerate(rows):
+            seen[i, r.ids] = True  # the prompt's ids once; each step then adds only the new ids
     cache, was_training = None, m.training
     try:  # eval mode; on the CPU, cpu_decode's (in, out) weight copies make 1-3 row steps 1.2-1.7x faster
         with decode_layout(m.eval()):
