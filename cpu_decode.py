@@ -1,6 +1,6 @@
-"""Faster decoding of a few rows on the CPU, for generate.py: a decoding step is bound by reading the weights, and MKL
-reads an (in, out) matrix faster than nn.Linear's (out, in) for 1-3 rows: 1.2x a block, 1.7x the head (see
-bench/results/generate.md). The copies take 0.8x the weights' memory, as long as the model lives; ENABLED = False."""
+"""Faster decoding of a few rows on the CPU, for generate.py. A decoding step is bound by reading the weights, and MKL
+reads an (in, out) matrix faster than nn.Linear's (out, in) for 1-3 rows: 1.2x a block, 1.7x the head (bench/results/
+generate.md). The (in, out) copies cost 0.8x the weights' memory while the model lives; ENABLED = False saves it."""
 from __future__ import annotations
 
 import contextlib

@@ -93,8 +93,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def prefill(model: TransformerLanguageModel, rows: Sequence[Row], room: int) -> tuple[torch.Tensor, KVCache]:
-    """Every row's window, left-padded with <|endoftext|>, into a new KV cache with `room` slots to spare;
-    returns the last logits (N, V) and the cache (which masks the padding out)."""
+    """Every row's window, left-padded with <|endoftext|>, into a new KV cache with `room` slots to spare."""
     windows = [r.ids[r.start:] for r in rows]
     W = max(map(len, windows))
     pads = [W - len(w) for w in windows]
@@ -103,18 +102,17 @@ def prefill(model: TransformerLanguageModel, rows: Sequence[Row], room: int) -> 
     cache = KVCache(model.config, len(rows), device=param.device, dtype=autocast_dtype(param.device) or param.dtype,
                     max_len=min(model.config.block_size, W + room), pad_lens=pads if any(pads) else None)
     logits, _ = model(idx, kv_cache=cache, last_only=True)  # (N, 1, V)
-    return logits[:, -1], cache
+    return logits[:, -1], cache  # the last logits (N, V); the cache masks the padding out
 
 
 def generate_steps(model: nn.Module, prompts: Sequence[Sequence[int]], sampling: Sampling, stop_ids: set[int],
                    seed: int | None = None, *, use_cache: bool = True,
                    vocab_limit: int | None = None) -> Iterator[list[Row]]:
-    """Yields, once per step, the rows that got a new id (ids[-1]); a row stops after an id in stop_ids or when
-    the caller sets row.done. vocab_limit: sample only ids below it (a tokenizer smaller than the model)."""
+    """Yields, once per step, the rows that got a new id (ids[-1]); a row stops at a stop id or when row.done is set."""
     m = unwrap_model(model)
     cfg, device = m.config, next(m.parameters()).device
     amp = torch.autocast("cuda", dtype=autocast_dtype(device)) if device.type == "cuda" else contextlib.nullcontext()
-    limit = min(cfg.vocab_size, vocab_limit or cfg.vocab_size)
+    limit = min(cfg.vocab_size, vocab_limit or cfg.vocab_size)  # sample only ids the tokenizer (maybe smaller) has
     prompts = [[int(t) for t in p] or [EOT_ID] for p in prompts]  # an empty prompt starts from <|endoftext|>
     bad = next((t for p in prompts for t in p if not 0 <= t < cfg.vocab_size), None)
     if bad is not None:
