@@ -1,8 +1,6 @@
-"""Faster decoding of a few rows on the CPU, for generate.py. A decoding step multiplies one row per sequence
-by every weight, so it is bound by reading the weights; MKL reads an (in, out) matrix faster than nn.Linear's
-(out, in) for 1-3 rows: 1.2x over a block's matrices, 1.7x for the head (bench/results/generate.md). The
-(in, out) copies take 0.8x the weights' memory and live as long as the model; ENABLED = False gives it back.
-"""
+"""Faster decoding of a few rows on the CPU, for generate.py. A decoding step is bound by reading the weights, and MKL
+reads an (in, out) matrix faster than nn.Linear's (out, in) for 1-3 rows: 1.2x a block, 1.7x the head (bench/results/
+generate.md). The (in, out) copies cost 0.8x the weights' memory while the model lives; ENABLED = False saves it."""
 from __future__ import annotations
 
 import contextlib

@@ -1,9 +1,6 @@
-"""Text generation: `generate` on token ids, `generate_text` / `stream_text` / `stream_batch` on strings, a CLI
-and a chat REPL. `prefill` runs the left-padded prompts into a KV cache; then each step `sample_next` draws one
-token per `Row` and `decode_one` feeds them back. `TextStream` turns a row's ids into text pieces.
-
-    python generate.py --checkpoint_dir checkpoints --prompt "What is the capital of France?"   # or --chat
-"""
+"""Text generation: `generate` on token ids (nanoGPT-style), `generate_text` / `stream_text` / `stream_batch` on
+strings, a chat REPL and the CLI. Each step samples one id per row, then feeds it back through a KV cache:
+    python generate.py --checkpoint_dir checkpoints --prompt "What is the capital of France?"   # or --chat"""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +8,7 @@ import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -35,16 +32,18 @@ def window_keep(block_size: int) -> int:
     return max(1, block_size * 3 // 4)
 
 
-class Sampling(NamedTuple):
-    """sample_next's settings, in its argument order."""
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+@dataclass(frozen=True)
+class Sampling:
+    """How many ids to sample, and how; checked when made, so bad settings fail before the model runs."""
+    max_new_tokens: int
+    temperature: float = 1.0         # 0 = greedy
+    top_k: int | None = None         # 0/None = no top-k filter
+    top_p: float = 1.0               # 1 = no nucleus filter
+    repetition_penalty: float = 1.0  # 1 = off
 
-    def check(self, max_new_tokens: int) -> None:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise UserError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 0")
         if self.temperature < 0:
             raise UserError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 0:
@@ -55,24 +54,23 @@ class Sampling(NamedTuple):
             raise UserError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off, 1.1-1.3 is typical)")
 
 
-def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], temperature: float = 1.0,
-                top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
+def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], sampling: Sampling,
                 seen: torch.Tensor | None = None) -> list[int]:
     """One token per row of `logits` (N, V), row i drawn from generators[i]; `seen` (N, V) marks each row's ids."""
-    logits = logits.float()
-    if repetition_penalty != 1.0 and seen is not None:  # CTRL: seen positive logits divided, negative multiplied
-        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+    logits, penalty = logits.float(), sampling.repetition_penalty
+    if penalty != 1.0 and seen is not None:  # CTRL: seen positive logits divided, negative multiplied
+        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits = torch.where(seen, penalised, logits)
-    if temperature == 0:
+    if sampling.temperature == 0:
         return logits.argmax(dim=-1).tolist()
-    logits = logits / temperature
-    if top_k:  # ties at the k-th value are kept
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (N, 1)
+    logits = logits / sampling.temperature
+    if sampling.top_k:  # ties at the k-th value are kept
+        kth = torch.topk(logits, min(sampling.top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)  # (N, V)
-    if top_p < 1.0:  # nucleus: the smallest prefix of the sorted distribution whose mass reaches top_p
+    if sampling.top_p < 1.0:  # nucleus: the smallest prefix of the sorted distribution whose mass reaches top_p
         sorted_p, order = probs.sort(dim=-1, descending=True)  # (N, V) each
-        drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p  # mass before this token already enough
+        drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= sampling.top_p  # mass before this token already enough
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     return [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(generators)]
 
@@ -87,95 +85,77 @@ class Row:
     done: bool = False  # set after a stop id, or by the caller (a stop string)
 
 
-def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
-    # CUDA: bf16 where the GPU has it natively, else fp16. A CPU runs in the model's dtype (fp32):
-    # decoding is memory-bound there and autocast would re-cast every weight at every step.
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
-        return torch.autocast("cuda", dtype=dtype), dtype
-    return contextlib.nullcontext(), None
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """CUDA: bf16 where the GPU has it natively, else fp16. None: no autocast, the model's dtype."""
+    if device.type != "cuda":  # a CPU decodes memory-bound: autocast would re-cast every weight at every step
+        return None
+    return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
 
 
-def prefill(model: TransformerLanguageModel, rows: Sequence[Row], room: int, cache_dtype: torch.dtype,
-            use_cache: bool = True) -> tuple[torch.Tensor, KVCache | None]:
-    """Every row's window, left-padded with <|endoftext|>, into a new KV cache with `room` slots to spare;
-    returns the last logits (N, V) and the cache (None when use_cache=False)."""
+def prefill(model: TransformerLanguageModel, rows: Sequence[Row], room: int) -> tuple[torch.Tensor, KVCache]:
+    """Every row's window, left-padded with <|endoftext|>, into a new KV cache with `room` slots to spare."""
     windows = [r.ids[r.start:] for r in rows]
     W = max(map(len, windows))
     pads = [W - len(w) for w in windows]
-    idx = torch.tensor([[EOT_ID] * p + w for p, w in zip(pads, windows)],
-                       device=next(model.parameters()).device)  # (N, W)
-    if not use_cache and not any(pads):
-        return model(idx, last_only=True)[0][:, -1], None
-    # without use_cache a ragged batch still needs a cache: it carries the padding mask
-    max_len = min(model.config.block_size, W + (room if use_cache else 0))
-    cache = KVCache(model.config, len(rows), device=idx.device, dtype=cache_dtype, max_len=max_len,
-                    pad_lens=pads if any(pads) else None)
+    param = next(model.parameters())
+    idx = torch.tensor([[EOT_ID] * p + w for p, w in zip(pads, windows)], device=param.device)  # (N, W)
+    cache = KVCache(model.config, len(rows), device=param.device, dtype=autocast_dtype(param.device) or param.dtype,
+                    max_len=min(model.config.block_size, W + room), pad_lens=pads if any(pads) else None)
     logits, _ = model(idx, kv_cache=cache, last_only=True)  # (N, 1, V)
-    return logits[:, -1], cache if use_cache else None
+    return logits[:, -1], cache  # the last logits (N, V); the cache masks the padding out
 
 
-def decode_one(model: TransformerLanguageModel, rows: Sequence[Row], cache: KVCache) -> torch.Tensor:
-    """Each row's newest id through the KV cache; returns the next logits (N, V)."""
-    idx = torch.tensor([[r.ids[-1]] for r in rows], device=cache.kv.device)  # (N, 1)
-    logits, _ = model(idx, kv_cache=cache, last_only=True)  # (N, 1, V)
-    return logits[:, -1]
-
-
-def generate_steps(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
-                   stop_ids: set[int], seed: int | None = None, *, use_cache: bool = True,
+def generate_steps(model: nn.Module, prompts: Sequence[Sequence[int]], sampling: Sampling, stop_ids: set[int],
+                   seed: int | None = None, *, use_cache: bool = True,
                    vocab_limit: int | None = None) -> Iterator[list[Row]]:
-    """Yields, once per step, the rows that got a new id (ids[-1]); a row stops after an id in stop_ids or when
-    the caller sets row.done. vocab_limit: sample only ids below it (a smaller tokenizer)."""
+    """Yields, once per step, the rows that got a new id (ids[-1]); a row stops at a stop id or when row.done is set."""
     m = unwrap_model(model)
     cfg, device = m.config, next(m.parameters()).device
-    amp, amp_dtype = _autocast(device)
-    cache_dtype = amp_dtype or next(m.parameters()).dtype
-    limit = min(cfg.vocab_size, vocab_limit or cfg.vocab_size)
+    amp = torch.autocast("cuda", dtype=autocast_dtype(device)) if device.type == "cuda" else contextlib.nullcontext()
+    limit = min(cfg.vocab_size, vocab_limit or cfg.vocab_size)  # sample only ids the tokenizer (maybe smaller) has
     prompts = [[int(t) for t in p] or [EOT_ID] for p in prompts]  # an empty prompt starts from <|endoftext|>
     bad = next((t for p in prompts for t in p if not 0 <= t < cfg.vocab_size), None)
     if bad is not None:
         raise ValueError(f"token id {bad} is outside the model's vocabulary of {cfg.vocab_size}: "
                          f"the tokenizer does not match this model")
-    if max_new_tokens == 0 or not prompts:
+    if sampling.max_new_tokens == 0 or not prompts:
         return
     if seed is None:  # drawn from torch's global RNG, so torch.manual_seed before the call reproduces the run
         seed = int(torch.randint(0, 2**62, ()).item())
-    active = [Row(b, p, torch.Generator(device=device).manual_seed((seed + b) % 2**63)) for b, p in enumerate(prompts)]
-    cache, seen, was_training = None, None, m.training  # seen: (N, limit) bool, each row's ids (repetition penalty)
+    rows = [Row(b, p, torch.Generator(device=device).manual_seed((seed + b) % 2**63)) for b, p in enumerate(prompts)]
+    seen = None  # (N, limit) bool: the ids each row holds, for the repetition penalty
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.zeros(len(rows), limit, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            seen[i, r.ids] = True  # the prompt's ids once; each step then adds only the new ids
+    cache, was_training = None, m.training
     try:  # eval mode; on the CPU, cpu_decode's (in, out) weight copies make 1-3 row steps 1.2-1.7x faster
         with decode_layout(m.eval()):
-            for step in range(max_new_tokens):
-                keep = [i for i, r in enumerate(active) if not r.done]
-                if not keep:
-                    return
-                with torch.inference_mode():
-                    if len(keep) < len(active):  # finished rows leave the batch
-                        if cache is not None:
-                            cache.select_rows(torch.tensor(keep, device=device))
-                        if seen is not None:
-                            seen = seen[torch.tensor(keep, device=device)]
-                    active = [active[i] for i in keep]
-                    slid = False
-                    for r in active:  # a window past block_size keeps its last window_keep ids
-                        if len(r.ids) - r.start > cfg.block_size:
-                            r.start, slid = len(r.ids) - window_keep(cfg.block_size), True
-                    with amp:
-                        if cache is None or slid or cache.pos + 1 > cache.max_len:  # none, slid or full
-                            logits, cache = prefill(m, active, max_new_tokens - step - 1, cache_dtype, use_cache)
-                        else:
-                            logits = decode_one(m, active, cache)
-                    if sampling.repetition_penalty != 1.0 and seen is None:  # the prompts' ids, once
-                        seen = torch.zeros(len(active), limit, dtype=torch.bool, device=device)
-                        for i, r in enumerate(active):
-                            seen[i, torch.tensor([t for t in r.ids if t < limit], dtype=torch.long)] = True
-                    tokens = sample_next(logits[:, :limit], [r.rng for r in active], *sampling, seen=seen)
-                    if seen is not None:  # then only each step's new ids (all below limit: sampled there)
-                        seen[torch.arange(len(active), device=device), torch.tensor(tokens, device=device)] = True
-                    for r, t in zip(active, tokens):
+            for step in range(sampling.max_new_tokens):
+                with torch.inference_mode(), amp:
+                    if any(r.done for r in rows):  # finished rows leave the batch, with their cache and seen rows
+                        keep = torch.tensor([i for i, r in enumerate(rows) if not r.done], device=device)
+                        rows = [r for r in rows if not r.done]
+                        if not rows:
+                            return
+                        cache.select_rows(keep)
+                        seen = None if seen is None else seen[keep]
+                    slid = [r for r in rows if len(r.ids) - r.start > cfg.block_size]
+                    for r in slid:  # a window past block_size keeps its last window_keep ids
+                        r.start = len(r.ids) - window_keep(cfg.block_size)
+                    if cache is None or slid or cache.pos == cache.max_len:  # none yet, a window slid, or full
+                        # use_cache=False leaves no room, so every step runs the whole window again
+                        logits, cache = prefill(m, rows, room=sampling.max_new_tokens - step - 1 if use_cache else 0)
+                    else:  # only each row's newest id goes through the model; the cache holds the rest
+                        idx = torch.tensor([[r.ids[-1]] for r in rows], device=device)  # (N, 1)
+                        logits = m(idx, kv_cache=cache, last_only=True)[0][:, -1]  # (N, V)
+                    tokens = sample_next(logits[:, :limit], [r.rng for r in rows], sampling, seen)
+                    if seen is not None:  # each row's new id (below limit: sampled there)
+                        seen[torch.arange(len(rows), device=device), torch.tensor(tokens, device=device)] = True
+                    for r, t in zip(rows, tokens):
                         r.ids.append(t)
                         r.done = t in stop_ids
-                yield active  # the caller may set row.done here (a stop string)
+                yield rows  # outside inference mode; the caller may set row.done here (a stop string)
     finally:
         m.train(was_training)
 
@@ -184,24 +164,21 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
              top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
              eos_ids: Iterable[int] | int | None = None, seed: int | None = None, *,
              use_cache: bool = True) -> torch.Tensor:
-    """Sample up to max_new_tokens after each row of idx (B, T) or (T,); returns the prompt ids then the new
-    ones (T + n columns), as nanoGPT does. eos_ids (None: <|endoftext|>; (): none) end a row, which is then
-    padded with that id. use_cache=False recomputes the whole window every step (a baseline)."""
-    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    sampling.check(max_new_tokens)
+    """Sample up to max_new_tokens ids after each row of idx (B, T) or (T,); returns prompt + new ids, as nanoGPT.
+    eos_ids (None: <|endoftext|>; (): none) end a row, then padded with that id. use_cache=False: recompute all."""
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     prompts = idx.view(1, -1) if idx.dim() == 1 else idx  # (B, T)
     if prompts.dim() != 2:
         raise ValueError(f"idx must be (B, T) or (T,), got shape {tuple(idx.shape)}")
     eos = {EOT_ID} if eos_ids is None else {eos_ids} if isinstance(eos_ids, int) else set(map(int, eos_ids))
     new: list[list[int]] = [[] for _ in range(prompts.size(0))]
-    for rows in generate_steps(model, prompts.tolist(), max_new_tokens, sampling, eos, seed, use_cache=use_cache):
+    for rows in generate_steps(model, prompts.tolist(), sampling, eos, seed, use_cache=use_cache):
         for r in rows:
             new[r.index].append(r.ids[-1])
     n = max(map(len, new), default=0)
     new = [r + r[-1:] * (n - len(r)) for r in new]  # a row that stopped early repeats its stop token
-    out = torch.cat([prompts.to("cpu", torch.long), torch.tensor(new, dtype=torch.long).view(len(new), n)], dim=1)
-    out = out.to(idx.device)  # (B, T + n)
-    return out[0] if idx.dim() == 1 else out
+    out = torch.cat([prompts.cpu().long(), torch.tensor(new, dtype=torch.long).view(len(new), n)], dim=1)  # (B, T+n)
+    return (out[0] if idx.dim() == 1 else out).to(idx.device)
 
 
 # ---------------------------------------------------------------------------- text
@@ -236,13 +213,16 @@ class TextStream:
         if stable == full and len(self.ids) >= 16:  # a clean boundary: decode only the ids after it (O(1) per id)
             self.ids, self.ids_text = [], ""
         text = self.pending
-        cut = min((i for s in self.stops if (i := text.find(s)) != -1), default=None)
-        if cut is None and final:
-            cut = len(text) - int(at_stop_token and self.strip_newline and text.endswith("\n"))
-        self.done = cut is not None
-        if cut is None:  # hold back a trailing "\n" (chat) and the longest tail that could start a stop string
-            cut = len(text) - max([int(self.strip_newline and text.endswith("\n"))]
-                                  + [k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])])
+        stop_at = [i for s in self.stops if (i := text.find(s)) != -1]
+        newline = self.strip_newline and text.endswith("\n")  # chat: the "\n" before the next <|role|>
+        self.done = bool(stop_at) or final
+        if stop_at:  # cut before the first stop string; what follows it is never released
+            cut = min(stop_at)
+        elif final:
+            cut = len(text) - int(newline and at_stop_token)
+        else:  # hold back a trailing "\n" (chat) and the longest tail that could start a stop string
+            stop_starts = [k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])]
+            cut = len(text) - max([int(newline)] + stop_starts)
         self.completion, self.pending = self.completion + text[:cut], text[cut:]
         return text[:cut]
 
@@ -274,10 +254,9 @@ def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[str], max_
                   seed: int | None = None, chat: bool | None = None, return_prompt: bool = False,
                   stream: Callable[[str], None] | None = None,
                   device: str | torch.device | None = None) -> str | list[str]:
-    """Complete `prompt` (a str, or a list run as one batch, row b with seed + b) up to the first stop token or
-    `stop` string; return_prompt=True puts the prompt as fed to the model first. chat=None: chat mode when the
-    tokenizer has <|assistant|> (a bare prompt becomes a user turn). temperature=0: greedy. stream(piece): one
-    prompt only (stream_batch streams a batch). device: moves the model there first."""
+    """Complete `prompt` (a str, or a list run as one batch, row b with seed + b) to a stop token or `stop` string.
+    chat=None: chat mode if the tokenizer has <|assistant|> (a bare prompt becomes a user turn); temperature=0: greedy;
+    return_prompt: the prompt as fed to the model first; stream(piece): one prompt only; device: moves the model."""
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
     if stream is not None and not single:
@@ -310,8 +289,7 @@ def stream_batch(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_to
                  keep_going: Callable[[int], bool] | None = None) -> Iterator[tuple[int, str]]:
     """generate_text's (row, piece) pairs as they are produced; a row whose keep_going(row) turns False leaves
     the batch (serve.py: its client has gone). Arguments are checked here; the model runs as pairs are read."""
-    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    sampling.check(max_new_tokens)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     chat, prompts = _chat_prompts(tokenizer, prompts, chat)
     if device is not None:
         model.to(device)
@@ -322,8 +300,8 @@ def stream_batch(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_to
     texts = [TextStream(tokenizer, stops, strip_newline=chat) for _ in prompts]
 
     def pieces() -> Iterator[tuple[int, str]]:
-        for rows in generate_steps(model, tokenizer.encode_batch(prompts), max_new_tokens, sampling, stop_ids,
-                                   seed, vocab_limit=tokenizer.vocab_size):
+        for rows in generate_steps(model, tokenizer.encode_batch(prompts), sampling, stop_ids, seed,
+                                   vocab_limit=tokenizer.vocab_size):
             for row in rows:
                 text, token = texts[row.index], row.ids[-1]
                 piece = text.finish(at_stop_token=True) if token in stop_ids else text.push(token)
@@ -349,9 +327,8 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device | Non
     dev = pick_device(None if device is None else str(device))
     model = load_model(folder)  # ours or HuggingFace GPT-2; bad JSON or mismatched weights: one-line UserError
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"{tok_path} has {tokenizer.vocab_size} tokens but the model in {folder} has "
-                        f"vocab_size {model.config.vocab_size}: the tokenizer is not the one this model was "
-                        f"trained with; put the training tokenizer in {tok_path}")
+        raise UserError(f"{tok_path} has {tokenizer.vocab_size} tokens but the model in {folder} has vocab_size "
+                        f"{model.config.vocab_size}: put the tokenizer this model was trained with in {tok_path}")
     return model.to(dev).eval(), tokenizer
 
 
@@ -367,7 +344,7 @@ def chat_repl(model: nn.Module, tokenizer, args: argparse.Namespace, stdin=None,
                         "chat data); for plain text use --prompt")
     block = unwrap_model(model).config.block_size
     budget = max(block // 4, block - args.max_new_tokens)  # prompt tokens that leave room for the reply
-    history: list[dict] = []
+    history: list[dict] = []  # user, assistant, user, assistant, ...
     print("chat: type a message; /reset starts over, /quit (or Ctrl-D) exits", file=stderr)
     turn = 0  # reply n is sampled with seed + n
     while True:
@@ -386,10 +363,10 @@ def chat_repl(model: nn.Module, tokenizer, args: argparse.Namespace, stdin=None,
             continue
         messages = history + [{"role": "user", "content": message}]
         prompt = render_chat(messages, add_generation_prompt=True)
-        while len(messages) > 1 and len(tokenizer.encode(prompt)) > budget:  # drop the oldest turn (a user
-            messages = messages[2 if messages[1]["role"] == "assistant" else 1:]  # message and its reply)
+        while len(messages) > 1 and len(tokenizer.encode(prompt)) > budget:
+            messages = messages[2:]  # drop the oldest exchange: a user message and its reply
             prompt = render_chat(messages, add_generation_prompt=True)
-        if len(messages) < len(history) + 1:
+        if len(messages) <= len(history):
             print(f"(dropped {len(history) + 1 - len(messages)} oldest messages to fit block_size {block})",
                   file=stderr)
         print("assistant> ", end="", file=stderr, flush=True)
@@ -422,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.num_samples < 1:
         raise UserError(f"--num_samples {args.num_samples} must be >= 1")
-    Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty).check(args.max_new_tokens)
+    Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)  # checks
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="replace")  # a non-UTF-8 console never crashes on a character
     folder = resolve_checkpoint_dir(args.checkpoint_dir)
@@ -431,18 +408,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"block_size {model.config.block_size}, on {next(model.parameters()).device}", file=sys.stderr)
     if args.chat:
         return chat_repl(model, tokenizer, args)
-    n, seed = args.num_samples, args.seed
+    n = args.num_samples
     kwargs = {k: getattr(args, k) for k in SAMPLING_FLAGS}
     kwargs["chat"] = None if args.prompt and not args.no_chat_template else False
-    # one batch; but stream= takes one prompt, so --stream makes one call per sample i, with seed + i as in a batch
-    texts = None if args.stream else generate_text(model, tokenizer, [args.prompt] * n, seed=seed, **kwargs)
+    # one batch, sample i seeded seed + i; --stream runs the samples one by one instead, with the same seeds
+    texts = [] if args.stream else generate_text(model, tokenizer, [args.prompt] * n, seed=args.seed, **kwargs)
     for i in range(n):
         if n > 1:
             print(f"--- sample {i + 1}/{n}", file=sys.stderr, flush=True)
-        if texts is None:
-            generate_text(model, tokenizer, args.prompt, seed=None if seed is None else seed + i,
+        if args.stream:
+            generate_text(model, tokenizer, args.prompt, seed=None if args.seed is None else args.seed + i,
                           stream=lambda piece: print(piece, end="", flush=True), **kwargs)
-        print("" if texts is None else texts[i], flush=True)
+        print("" if args.stream else texts[i], flush=True)
     return 0
 
 

@@ -121,9 +121,9 @@ def test_cuda_autocast_dtype_follows_native_bf16(monkeypatch, capability, expect
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 reports
-    _, dtype = G._autocast(torch.device("cuda"))
+    dtype = G.autocast_dtype(torch.device("cuda"))
     assert dtype == expected
-    assert G._autocast(torch.device("cpu"))[1] is None  # CPU: the model's own dtype
+    assert G.autocast_dtype(torch.device("cpu")) is None  # CPU: the model's own dtype
 
 
 def test_cpu_decode_layout_matches_linear_follows_weight_changes_and_is_freed():
