@@ -68,11 +68,14 @@ def train_chat_model(tokenizer) -> TransformerLanguageModel:
 
 class GatedModel(TransformerLanguageModel):
     """Every forward pass first waits for `gate` to be open (a test holds the worker mid-request),
-    then raises if `fail` is set (a test breaks the model)."""
+    then sleeps `delay` seconds (a test slows the reply down), then raises if `fail` is set (a test
+    breaks the model)."""
     fail = False
+    delay = 0.0
 
     def forward(self, *args, **kwargs):
         assert self.gate.wait(60), "the test never opened the gate"
+        time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("the model broke")
         return super().forward(*args, **kwargs)
@@ -636,15 +639,21 @@ def test_page_streams_and_stop_cancels(browser, plain_server):
     page.fill("#temperature", "0")
     page.fill("#max_tokens", "4096")
     page.fill("#input", "ab")
-    page.click("#send")
-    page.wait_for_function("""() => { const b = document.querySelector('.msg.assistant');
-        return b && b.dataset.state === 'streaming' && b.textContent.length >= 5; }""", timeout=60_000)
-    # the reply keeps growing under the button, so Playwright's wait for a still layout may never end
-    # on a busy machine: click through the DOM
-    page.evaluate("document.getElementById('stop').click()")
-    page.locator('.msg.assistant[data-state="done"]').wait_for(timeout=60_000)
-    assert page.text_content(".msg.assistant").endswith("(stopped)")
-    assert plain_server.engine.wait_idle(120)
+    # 5 ms a token: the 4,096-token reply would stream for 20 s, so even a starved browser sees it mid-way
+    # (unslowed, the tiny model writes it in about a second and a busy machine can miss the whole stream)
+    plain_server.model.delay = 0.005
+    try:
+        page.click("#send")
+        page.wait_for_function("""() => { const b = document.querySelector('.msg.assistant');
+            return b && b.dataset.state === 'streaming' && b.textContent.length >= 5; }""", timeout=60_000)
+        # the reply keeps growing under the button, so Playwright's wait for a still layout may never end
+        # on a busy machine: click through the DOM
+        page.evaluate("document.getElementById('stop').click()")
+        page.locator('.msg.assistant[data-state="done"]').wait_for(timeout=60_000)
+        assert page.text_content(".msg.assistant").endswith("(stopped)")
+        assert plain_server.engine.wait_idle(120)
+    finally:
+        plain_server.model.delay = 0.0
     last = plain_server.engine.recent[-1]
     assert last["status"] == "cancelled" and last["pieces"] < 4096
     page.close()
