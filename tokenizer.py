@@ -10,14 +10,12 @@ decoding bytes. Everything that was in the training text round-trips exactly.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Iterable, Iterator
 
-from common import UserError, atomic_write_json
+from common import UserError, atomic_write_json, read_json
 
 EOT_TOKEN = "<|endoftext|>"  # ends every document; id 0 in every tokenizer here
 CHAT_ROLES = ("user", "assistant", "system")
@@ -161,16 +159,7 @@ class CharTokenizer:
 
 def read_tokenizer_json(path: str | os.PathLike) -> dict:
     """The JSON object of a tokenizer file of either kind, or a UserError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"tokenizer file not found: {path} (pass the tokenizer JSON written by tokenize_local_bpe.py)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"tokenizer file {path} is not valid JSON ({e}); regenerate it with tokenize_local_bpe.py") from None
-    if not isinstance(data, dict):
-        raise UserError(f"tokenizer file {path} holds a {type(data).__name__}, not a tokenizer object")
-    return data
+    return read_json(path, "tokenizer file", "regenerate it with tokenize_local_bpe.py")
 
 
 def load_tokenizer(path: str | os.PathLike):
