@@ -22,7 +22,7 @@ test-fast: install-dev
 	$(PYTHON) -m pytest -q -m "not slow"
 
 # The seed's journey end to end on an embedded corpus: clean -> tokenize -> train -> generate, about
-# 5-6 minutes on a 2-core AMD EPYC CPU. Rerunning reuses what is built and resumes an interrupted training.
+# 7-8 minutes on a 2-core AMD EPYC CPU. Rerunning reuses what is built and resumes an interrupted training.
 # Options through DEMO_ARGS, e.g. make demo DEMO_ARGS="--minutes 4" (see python demo.py --help).
 DEMO_ARGS ?=
 demo: install-extra

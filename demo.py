@@ -1,6 +1,6 @@
 """`make demo`: the seed's whole journey, clean -> tokenize -> train -> generate, in minutes on a CPU.
 
-    python demo.py                      # what `make demo` runs: about 6 minutes on a 2-core AMD EPYC CPU
+    python demo.py                      # what `make demo` runs: about 7-8 minutes on a 2-core AMD EPYC CPU
     python demo.py --minutes 3          # stop training sooner (rerun to continue it)
     python demo.py --quick              # tiny scale, seconds: the pipeline only, answers are noise
 
