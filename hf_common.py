@@ -1,5 +1,5 @@
 """What both HuggingFace converters (export_hf.py, import_hf.py) share: which of our weights HF
-GPT-2 stores transposed, how an HF config.json is recognised, how an --out_dir folder is checked and written."""
+GPT-2 stores transposed, and how an --out_dir folder is checked and written."""
 from __future__ import annotations
 
 import os
@@ -14,10 +14,6 @@ CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 
 def is_conv1d_key(key: str) -> bool:
     return key.startswith("transformer.h.") and key.endswith(CONV1D_SUFFIXES)
-
-
-def is_hf_config(raw: object) -> bool:
-    return isinstance(raw, dict) and ("model_type" in raw or "n_positions" in raw)  # GPTConfig has neither key
 
 
 def check_replaceable(out_dir: Path, source: Path | None, flag: str = "--out_dir") -> None:

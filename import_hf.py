@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 
 from common import ArgParser, UserError, cli_main, first_line, read_json, resolve_checkpoint_dir
-from hf_common import check_replaceable, is_conv1d_key, is_hf_config, write_folder_atomically
-from model import CONFIG_NAME, GPTConfig, TransformerLanguageModel, read_config_json
+from hf_common import check_replaceable, is_conv1d_key, write_folder_atomically
+from model import CONFIG_NAME, GPTConfig, TransformerLanguageModel, is_hf_config, read_config_json
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all tanh-approximate GELU
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old transformers

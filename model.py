@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from common import UserError, atomic_dir, first_line, read_json, resolve_checkpoint_dir
-from hf_common import is_hf_config
 
 IGNORE_INDEX = -100  # target value the loss skips (prompt tokens, padding); F.cross_entropy's default
 WEIGHTS_NAME, CONFIG_NAME = "pytorch_model.bin", "config.json"
@@ -299,6 +298,10 @@ class TransformerLanguageModel(nn.Module):
 def read_config_json(folder: Path) -> dict[str, Any]:
     """folder/config.json (ours or HuggingFace's) as a dict; one-line UserError when it is not one."""
     return read_json(folder / CONFIG_NAME, "model config", "use an earlier checkpoint or the weights' config.json")
+
+
+def is_hf_config(raw: dict[str, Any]) -> bool:
+    return "model_type" in raw or "n_positions" in raw  # GPTConfig has neither key
 
 
 def load_weights_file(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
