@@ -387,7 +387,7 @@ def train(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> int:
                 while True:
                     try:
                         loss_sum, n_targets = forward_backward(fwd, batch, progress.micro_batch_size, loss_chunk, amp,
-                                                               scaler, ranks)
+                                                               scaler, ranks, mask is not None)
                         break
                     except Exception as e:  # noqa: BLE001 - anything else is raised again just below
                         if not is_oom(e) and compile_verified:

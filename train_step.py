@@ -79,14 +79,16 @@ def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_valid: int, l
 
 
 def forward_backward(model: nn.Module, batch: Batch, micro_batch_size: int, loss_chunk: int,
-                     amp: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler,
-                     ranks: Ranks) -> tuple[torch.Tensor, int]:
+                     amp: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler, ranks: Ranks,
+                     masked: bool) -> tuple[torch.Tensor, int]:
     """Gradients of the batch's mean token loss over micro-batches; returns this rank's loss sum, all ranks' targets."""
     device = next(model.parameters()).device
     x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)  # (rows, T) each
     n_total = int((batch.y != IGNORE_INDEX).sum())
-    if ranks.world_size > 1:  # the targets of every rank (they differ with --loss_on assistant)
+    if ranks.world_size > 1 and masked:  # --loss_on assistant: each rank's count differs, so add them up
         n_total = int(all_reduce(torch.tensor(n_total, dtype=torch.float64, device=device)).item())
+    else:  # every rank has the same count: no all-reduce (and no device sync) on the hot path
+        n_total *= ranks.world_size
     scale = ranks.world_size / max(n_total, 1)  # DDP averages over ranks: this turns it into sum / n_total
     loss = torch.zeros((), device=device)
     for s in range(0, x.size(0), micro_batch_size):
